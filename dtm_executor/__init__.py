@@ -1,0 +1,22 @@
+"""dtm_executor: a distributed task manager as a `concurrent.futures.Executor`.
+
+Tasks may submit subtasks and wait on them at any depth without deadlock; a task waiting on
+its children lends its worker to other work. See README.md and docs/ for the tour.
+"""
+
+from __future__ import annotations
+
+from ._executor import BrokenDTMExecutor, DTMExecutor, current_executor
+from ._serial import RemoteTraceback, SerializationError
+from ._transport import Transport
+
+__all__ = [
+    "BrokenDTMExecutor",
+    "DTMExecutor",
+    "RemoteTraceback",
+    "SerializationError",
+    "Transport",
+    "current_executor",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,239 @@
+"""`DTMExecutor`: the public face over the node, hub, worker and transport machinery."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import threading
+import weakref
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import cloudpickle
+
+from . import _local, _map, _runtime
+from ._futures import executing_worker
+from ._runtime import CALL, CHUNK, SHUTDOWN, Node
+
+log = logging.getLogger("dtm_executor")
+
+T = TypeVar("T")
+
+
+class BrokenDTMExecutor(BrokenProcessPool):
+    """The executor cannot go on (a worker failed to start, or died and could not be replaced)."""
+
+
+_runtime.BrokenDTMExecutor = BrokenDTMExecutor  # type: ignore[misc]
+
+_live: "weakref.WeakSet[DTMExecutor]" = weakref.WeakSet()
+_last_created: list[weakref.ReferenceType[DTMExecutor]] = []
+_interpreter_exiting = [False]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class DTMExecutor(Executor):
+    """An `Executor` whose tasks may submit and wait on subtasks at any depth.
+
+    ``DTMExecutor()`` inside a running task (or a `DTMExecutor` pickled into one) is the
+    executor of the worker running that task: nested work goes to its local deque and is
+    balanced from there. ``max_threads`` caps the threads a worker may use for suspended tasks.
+    """
+
+    _nested = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DTMExecutor":
+        w = executing_worker()
+        if w is not None:
+            return _nested_handle(w)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        transport: str = "auto",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_threads: int = 16,
+        **options: Any,
+    ) -> None:
+        if self._nested:
+            return
+        if _local.booting():
+            raise RuntimeError(
+                "a DTMExecutor was created while a worker imported the main module; "
+                "start executors under `if __name__ == '__main__':` (as with multiprocessing)"
+            )
+        if max_workers is None:
+            max_workers = _usable_cpus()
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers <= 0:
+            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(max_threads, int) or max_threads < 2:
+            raise ValueError(f"max_threads must be an int >= 2, not {max_threads!r}")
+        if transport not in ("auto", "local"):
+            raise ValueError(f"unknown transport {transport!r}; expected 'auto' or 'local'")
+        for key in options:
+            raise TypeError(f"DTMExecutor() got an unexpected keyword argument {key!r}")
+        self._max_workers = max_workers
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        try:
+            init_blob = cloudpickle.dumps((initializer, tuple(initargs)), 5)
+        except Exception as e:
+            raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
+        opts = {"max_threads": max_threads}
+        self._pool = _local.LocalPool(max_workers, opts, init_blob)
+        node = Node(self._pool.transport, hub=True, worker=False,
+                    workers=list(range(1, max_workers + 1)), max_threads=max_threads)
+        self._node = node
+        self._hub = node.hub
+        node.on_lost = self._on_worker_lost
+        node.start()
+        _live.add(self)
+        _last_created[:] = [weakref.ref(self)]
+        self._finalizer = weakref.finalize(self, _teardown, node, self._pool)
+
+    # -- Executor interface --------------------------------------------------------------
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if self._nested:
+            return self._worker.submit(fn, args, kwargs)  # type: ignore[return-value]
+        self._check_open()
+        task, fut = self._hub.make_task(fn, (args, kwargs), CALL)
+        self._hub.submit(task)
+        return fut  # type: ignore[return-value]
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[T]:
+        if not self._nested:
+            self._check_open()
+        return _map.chunked_map(
+            self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers()
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._nested:
+            return  # the pool belongs to the program that started it
+        with self._shutdown_lock:
+            already = self._shutdown
+            self._shutdown = True
+        if cancel_futures:
+            self._hub.cancel_pending()
+        if already and not wait:
+            return
+        if wait:
+            self._wait_and_close()
+        else:
+            threading.Thread(target=self._wait_and_close, name="dtm-shutdown", daemon=True).start()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (current_executor, ())
+
+    # -- internals -----------------------------------------------------------------------
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def _nworkers(self) -> int:
+        if self._nested:
+            return max(1, len(self._node.workers))
+        return self._max_workers
+
+    def _check_open(self) -> None:
+        if self._node.broken is not None:
+            raise BrokenDTMExecutor(str(self._node.broken))
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting[0]:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _submit_chunk(self, fn: Callable[..., Any], items: list[Any], star: bool) -> Future[Any]:
+        if self._nested:
+            return self._worker.submit(fn, (items, star), {}, kind=CHUNK)
+        task, fut = self._hub.make_task(fn, ((items, star), {}), CHUNK)
+        self._hub.submit(task)
+        return fut
+
+    def _wait_and_close(self) -> None:
+        hub = self._hub
+        with hub.lock:
+            while hub.outstanding > 0 and self._node.broken is None:
+                hub.all_done.wait(0.5)
+        _teardown(self._node, self._pool)
+
+    def _on_worker_lost(self, rank: int) -> None:
+        if self._node.closed:
+            return
+        code = self._pool.exit_status(rank)
+        self._node._fail_all(BrokenDTMExecutor(
+            f"worker rank {rank} (pid {self._pool.procs[rank].pid}) died unexpectedly "
+            f"(exit status {code}); the pool cannot go on"
+        ))
+
+
+def _teardown(node: Node, pool: _local.LocalPool) -> None:
+    if node.closed:
+        return
+    for w in node.workers:
+        try:
+            node.send(w, (SHUTDOWN,))
+        except Exception:  # noqa: BLE001
+            pass
+    node.flush_sends(2.0)
+    node.close()
+    pool.join(5.0)
+    pool.transport.close()
+
+
+def _nested_handle(worker: _runtime.Worker) -> DTMExecutor:
+    h = getattr(worker, "_handle", None)
+    if h is None:
+        h = object.__new__(DTMExecutor)
+        h._nested = True
+        h._worker = worker  # type: ignore[attr-defined]
+        h._node = worker.node
+        h._max_workers = len(worker.node.workers)
+        h._shutdown = False
+        worker._handle = h  # type: ignore[attr-defined]
+    return h
+
+
+def current_executor() -> DTMExecutor:
+    """The executor to use for nested work: the running worker's inside a task, else the most
+    recently created live `DTMExecutor` of this process."""
+    w = executing_worker()
+    if w is not None:
+        return _nested_handle(w)
+    ref = _last_created[0] if _last_created else None
+    ex = ref() if ref is not None else None
+    if ex is None or ex._shutdown:
+        raise RuntimeError("no DTMExecutor is running in this process (and this is not a task)")
+    return ex
+
+
+def _at_exit() -> None:
+    _interpreter_exiting[0] = True
+    for ex in list(_live):
+        try:
+            ex.shutdown(wait=True)  # as the standard library's executors do
+        except Exception:  # noqa: BLE001
+            pass
+
+
+atexit.register(_at_exit)

@@ -1,0 +1,102 @@
+"""Futures that let a waiting task lend its worker to other work.
+
+`DTMFuture` is a real `concurrent.futures.Future`. When a thread that is executing a task waits
+on one (``result``, ``exception``, or the standard ``wait``/``as_completed``, which block on an
+event installed through ``Future._waiters``), the wait is routed to the worker's scheduler, which
+runs the awaited child inline if it is still queued locally (Cilk style) or lends the worker to
+other tasks meanwhile. Outside tasks, they behave exactly like standard futures.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, TimeoutError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from typing import Any, Callable, Iterable, Protocol
+
+DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+
+#: Per-thread execution context: ``worker`` is set on threads that execute tasks.
+tls = threading.local()
+
+
+class _Helper(Protocol):
+    def help_until(
+        self, pred: Callable[[], bool], futures: Iterable[Future[Any]], timeout: float | None
+    ) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+def executing_worker() -> Any:
+    return getattr(tls, "worker", None)
+
+
+class DTMFuture(Future):  # type: ignore[type-arg]
+    """A standard Future whose waits, inside a task, keep the worker busy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = _Waiters(self)  # type: ignore[assignment]
+        self._dtm_task: Any = None
+        self._dtm_dur = 0.0
+
+    def _is_done(self) -> bool:
+        return self._state in DONE_STATES  # type: ignore[attr-defined]
+
+    def _help(self, timeout: float | None) -> None:
+        if self._state not in DONE_STATES:  # type: ignore[attr-defined]
+            w = getattr(tls, "worker", None)
+            if w is not None:
+                w.help_until(self._is_done, (self,), timeout)
+                if self._state not in DONE_STATES:  # type: ignore[attr-defined]
+                    raise TimeoutError()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._help(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._help(timeout)
+        return super().exception(timeout)
+
+
+class _Waiters(list):  # type: ignore[type-arg]
+    """``Future._waiters`` hook: a thread about to block in ``wait``/``as_completed`` inside a
+    task gets an event whose ``wait`` helps instead of blocking."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: DTMFuture) -> None:
+        super().__init__()
+        self.fut = fut
+
+    def append(self, waiter: Any) -> None:
+        w = getattr(tls, "worker", None)
+        if w is not None:
+            ev = getattr(waiter, "event", None)
+            if type(ev) is not _HelpEvent:
+                flag = ev.is_set() if ev is not None else False
+                ev = _HelpEvent(w)
+                if flag:
+                    ev.set()
+                waiter.event = ev
+            ev.futures.append(self.fut)
+        super().append(waiter)
+
+
+class _HelpEvent(threading.Event):
+    def __init__(self, worker: _Helper) -> None:
+        super().__init__()
+        self._w = worker
+        self.futures: list[Future[Any]] = []
+
+    def set(self) -> None:
+        super().set()
+        self._w.wake()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if getattr(tls, "worker", None) is self._w and not self.is_set():
+            self._w.help_until(self.is_set, self.futures, timeout)
+            return self.is_set()
+        return super().wait(timeout)

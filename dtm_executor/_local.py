@@ -1,0 +1,320 @@
+"""Local transport: worker processes on this machine, connected to rank 0 by socket pairs.
+
+The topology is a star: rank 0 forwards frames between workers without unpickling them (a
+thread of its own does the forwarding, so receiving never waits on a slow peer). Workers are
+started with ``subprocess`` (never ``fork``: threads and MPI make fork unsafe) and import the
+user's ``__main__`` the way multiprocessing's *spawn* does. A worker exits as soon as its socket
+to rank 0 closes, which is what happens when the parent dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+from ._transport import Buffer, FrameError, Received, _Channel, _Waker
+
+log = logging.getLogger("dtm_executor")
+
+_ENV_FD = "DTM_EXECUTOR_FD"
+_BOOT = "from dtm_executor._local import worker_main; worker_main()"
+
+
+class LocalHubTransport:
+    """Rank 0's end: one channel per worker, a selector, and a forwarding thread."""
+
+    def __init__(self, nworkers: int) -> None:
+        self._size = nworkers + 1
+        self.channels: dict[int, _Channel] = {}
+        self._sel = selectors.DefaultSelector()
+        self._waker = _Waker()
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+        self._pending: collections.deque[Received] = collections.deque()
+        self._fwd: collections.deque[tuple[int, int, list[memoryview]]] = collections.deque()
+        self._fwd_cv = threading.Condition()
+        self._closed = False
+        self._fwd_thread = threading.Thread(target=self._forward_loop, name="dtm-forward", daemon=True)
+        self._fwd_thread.start()
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def add(self, rank: int, ch: _Channel) -> None:
+        self.channels[rank] = ch
+        self._sel.register(ch.sock, selectors.EVENT_READ, rank)
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        self.channels[dest].send(0, frames)
+
+    def recv(self, timeout: float | None = None) -> Received | None:
+        if self._pending:
+            return self._pending.popleft()
+        if self._closed:
+            return None
+        try:
+            events = self._sel.select(timeout)
+        except (OSError, ValueError):
+            return None
+        for key, _ in events:
+            rank = key.data
+            if rank is None:
+                self._waker.drain()
+                continue
+            ch = self.channels[rank]
+            try:
+                dest, frames = ch.recv()
+            except (EOFError, OSError, FrameError):
+                self._drop(rank)
+                self._pending.append((rank, None))
+                continue
+            if dest == 0:
+                self._pending.append((rank, frames))
+            else:
+                with self._fwd_cv:
+                    self._fwd.append((dest, rank, frames))
+                    self._fwd_cv.notify()
+        return self._pending.popleft() if self._pending else None
+
+    def _drop(self, rank: int) -> None:
+        ch = self.channels.get(rank)
+        if ch is None:
+            return
+        try:
+            self._sel.unregister(ch.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        ch.close()
+
+    def _forward_loop(self) -> None:
+        while True:
+            with self._fwd_cv:
+                while not self._fwd and not self._closed:
+                    self._fwd_cv.wait()
+                if self._closed:
+                    return
+                dest, src, frames = self._fwd.popleft()
+            ch = self.channels.get(dest)
+            if ch is None:
+                continue
+            try:
+                ch.send(src, frames)
+            except OSError:
+                pass  # the loss of dest is reported by recv
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._fwd_cv:
+            self._fwd_cv.notify_all()
+        for rank in list(self.channels):
+            self._drop(rank)
+        try:
+            self._sel.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._waker.close()
+
+
+class LocalWorkerTransport:
+    """A worker's end: everything goes through its channel to rank 0."""
+
+    def __init__(self, ch: _Channel, rank: int, size: int) -> None:
+        self._ch = ch
+        self._rank = rank
+        self._size = size
+        self._waker = _Waker()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        self._ch.send(dest, frames)
+
+    def recv(self, timeout: float | None = None) -> Received | None:
+        try:
+            events = self._sel.select(timeout)
+        except (OSError, ValueError):
+            return (0, None)
+        got: Received | None = None
+        for key, _ in events:
+            if key.data is None:
+                self._waker.drain()
+            else:
+                try:
+                    got = self._ch.recv()
+                except (EOFError, OSError, FrameError):
+                    return (0, None)
+        return got
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._ch.close()
+        self._waker.close()
+
+
+class LocalPool:
+    """Starts and stops the worker processes of one executor."""
+
+    def __init__(self, nworkers: int, options: dict[str, Any], init_blob: bytes) -> None:
+        import multiprocessing.spawn as mpspawn
+
+        self.transport = LocalHubTransport(nworkers)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        try:
+            prep = mpspawn.get_preparation_data("dtm-worker")
+            prep.pop("authkey", None)  # multiprocessing's key is not ours to hand out
+        except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
+            prep = None
+        head = pickle.dumps((nworkers + 1, prep, options), 5)
+        cmd = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _BOOT]  # type: ignore[attr-defined]
+        try:
+            for rank in range(1, nworkers + 1):
+                a, b = socket.socketpair()
+                env = dict(os.environ)
+                env[_ENV_FD] = str(b.fileno())
+                env["DTM_EXECUTOR_RANK"] = str(rank)
+                proc = subprocess.Popen(
+                    cmd, pass_fds=(b.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True
+                )
+                b.close()
+                ch = _Channel(a)
+                ch.send(0, [pickle.dumps(rank), head, init_blob])
+                self.procs[rank] = proc
+                self.transport.add(rank, ch)
+        except BaseException:
+            self.kill()
+            raise
+
+    def exit_status(self, rank: int) -> int | None:
+        p = self.procs.get(rank)
+        if p is None:
+            return None
+        try:
+            return p.wait(0.5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def join(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    p.kill()
+                except OSError:
+                    pass
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+
+_booting = [False]
+
+
+def booting() -> bool:
+    """True while a worker imports the user's main module (no executor may start then)."""
+    return _booting[0]
+
+
+def worker_main() -> None:
+    """Entry point of a local worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    fd = int(os.environ.pop(_ENV_FD))
+    ch = _Channel(socket.socket(fileno=fd))
+    try:
+        _, frames = ch.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    rank = pickle.loads(frames[0])
+    size, prep, options = pickle.loads(frames[1])
+    from . import _runtime, _serial
+
+    _booting[0] = True
+    try:
+        if prep is not None:
+            import multiprocessing.spawn as mpspawn
+
+            mpspawn.prepare(prep)
+        _serial.refresh_main_policy()
+        initializer, initargs = pickle.loads(frames[2])
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException:  # noqa: BLE001 - reported to rank 0, then this worker ends
+        import traceback
+
+        text = traceback.format_exc()
+        try:
+            ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
+        except OSError:
+            pass
+        os._exit(1)
+    finally:
+        _booting[0] = False
+    _configure_worker_process()
+    transport = LocalWorkerTransport(ch, rank, size)
+    node = _runtime.Node(
+        transport, hub=False, worker=True, workers=list(range(1, size)),
+        max_threads=options.get("max_threads", 16),
+    )
+
+    def stop() -> None:
+        node.flush_sends(2.0)
+        _exit_now(0)
+
+    node.on_stop = stop
+    node.on_lost = lambda src: _exit_now(0)  # rank 0 is gone: nobody wants our results
+    node.start(comm_in_thread=False)
+    node.comm_loop()
+    _exit_now(0)
+
+
+def _configure_worker_process() -> None:
+    sys.setswitchinterval(0.0005)  # the communication thread must not wait 5 ms for the GIL
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
+    threading.stack_size(64 << 20)  # deep inline recursion of nested tasks
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    logging.shutdown()
+    os._exit(code)

@@ -1,0 +1,120 @@
+"""``map`` with automatic chunking and a bounded window of chunks in flight.
+
+Chunks start at one item (durations unknown: a long task must not be batched blindly), then are
+sized so that one chunk takes about `TARGET_CHUNK_SECONDS`, and no bigger than a quarter of a
+worker's share of what is left, so the end of the map still balances. Input is consumed lazily:
+only the window's items are read ahead of the consumer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator
+
+TARGET_CHUNK_SECONDS = 0.01
+_MAX_CHUNK = 1 << 16
+
+# seconds per item measured by earlier maps of the same function (a starting point only)
+_fn_time: dict[int, float] = {}
+
+
+class ChunkSizer:
+    def __init__(self, fn: Any, chunksize: int | None, nworkers: int, granularity: float = 0.0) -> None:
+        self.fixed = chunksize
+        self.n = max(1, nworkers)
+        self.key = id(fn)
+        self.per_item = _fn_time.get(self.key)
+        self.target = max(TARGET_CHUNK_SECONDS, granularity)
+
+    def window(self) -> int:
+        """Chunks allowed in flight."""
+        if self.fixed is None and self.per_item is None:
+            return 2 * self.n
+        return 2 * self.n + 2
+
+    def next_size(self, remaining: int | None) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self.per_item is None:
+            return 1
+        size = self.target / max(self.per_item, 1e-8)
+        if remaining is not None:
+            size = min(size, math.ceil(remaining / (4 * self.n)))
+        return int(max(1, min(size, _MAX_CHUNK)))
+
+    def observe(self, nitems: int, seconds: float) -> None:
+        if nitems <= 0 or seconds <= 0:
+            return
+        per = seconds / nitems
+        self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
+        _fn_time[self.key] = self.per_item
+        if len(_fn_time) > 4096:
+            _fn_time.clear()
+
+
+def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def chunked_map(
+    submit_chunk: Callable[[Callable[..., Any], list[Any], bool], Future[Any]],
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    timeout: float | None,
+    chunksize: int | None,
+    nworkers: int,
+    granularity: float = 0.0,
+) -> Iterator[Any]:
+    """Start the map now (like the standard library) and return its ordered result iterator."""
+    if chunksize is not None and chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    end = None if timeout is None else time.monotonic() + timeout
+    star = len(iterables) != 1
+    source: Iterator[Any] = zip(*iterables) if star else iter(iterables[0])
+    remaining = _known_length(iterables)
+    sizer = ChunkSizer(fn, chunksize, nworkers, granularity)
+    window: list[tuple[Future[Any], int]] = []
+    state = {"exhausted": False, "remaining": remaining}
+
+    def fill() -> None:
+        while not state["exhausted"] and len(window) < sizer.window():
+            size = sizer.next_size(state["remaining"])
+            items = list(itertools.islice(source, size))
+            if not items:
+                state["exhausted"] = True
+                break
+            if state["remaining"] is not None:
+                state["remaining"] -= len(items)
+            window.append((submit_chunk(fn, items, star), len(items)))
+            if len(items) < size:
+                state["exhausted"] = True
+
+    fill()
+
+    def results() -> Iterator[Any]:
+        try:
+            while window:
+                fut, n = window[0]
+                if end is None:
+                    values, errs = fut.result()
+                else:
+                    values, errs = fut.result(end - time.monotonic())
+                window.pop(0)
+                sizer.observe(n, getattr(fut, "_dtm_dur", 0.0))
+                fill()
+                if errs:
+                    i, exc = errs[0]
+                    yield from values[:i]
+                    raise exc
+                yield from values
+        finally:
+            for fut, _ in window:
+                fut.cancel()
+
+    return results()

@@ -1,0 +1,1005 @@
+"""The scheduler: one `Node` per process, with a `Worker` (executes tasks) and/or a `Hub` (rank 0).
+
+Messages between ranks are pickled tuples in frame 0 followed by out-of-band buffers.
+See docs/design.md for the whole picture; the rules that matter for correctness:
+
+* Only the *token* holder among a worker's threads runs task code, so a worker uses one core.
+* A waiting task runs its still-queued children inline; otherwise it hands the token to another
+  thread (a new one while under ``max_threads``), or, at the cap, runs other queued work inline.
+* The communication thread never blocks on a send (a sender thread does the writes), so two
+  processes can never block writing to each other.
+* Scheduler locks are never held while taking a future's lock (futures call into `Worker.wake`).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import os
+import pickle
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable
+
+from . import _serial
+from ._futures import DONE_STATES, DTMFuture, tls
+from ._serial import SerializationError, describe, dumps, fn_name, loads
+from ._transport import Transport
+
+log = logging.getLogger("dtm_executor")
+
+# message kinds
+TASKS, RESULTS, REQ, STEAL, NOWORK, HAVEWORK, SHUTDOWN, INITFAIL, STOPPED = range(1, 10)
+
+# task states
+QUEUED, CLAIMED, GONE = 0, 1, 2
+
+# task kinds
+CALL, CHUNK = 0, 1
+
+_perf = time.perf_counter
+
+
+class BrokenDTMExecutor(Exception):
+    """Placeholder replaced by the public class in `_executor` (kept here to avoid a cycle)."""
+
+
+class _Task:
+    __slots__ = (
+        "owner", "tid", "kind", "fn", "args", "kwargs", "fid", "fnblob", "blob", "bufs",
+        "future", "depth", "state", "home", "where",
+    )
+
+    def __init__(self, owner: int, tid: int, kind: int, depth: int) -> None:
+        self.owner = owner
+        self.tid = tid
+        self.kind = kind
+        self.depth = depth
+        self.fn: Any = None
+        self.args: Any = None
+        self.kwargs: Any = None
+        self.fid: Any = None
+        self.fnblob: bytes | None = None
+        self.blob: Any = None
+        self.bufs: Any = ()
+        self.future: DTMFuture | None = None
+        self.state = QUEUED
+        self.home: Worker | None = None
+        self.where = -1  # rank the task was sent to, for owned tasks
+
+    def label(self) -> str:
+        name = fn_name(self.fn) if self.fn is not None else "?"
+        return f"task #{self.tid} ({name})"
+
+
+def run_chunk(fn: Callable[..., Any], items: list[Any], star: bool, kwargs: dict[str, Any]):
+    """Apply ``fn`` to every item; per-item exceptions are kept so ``map`` raises at that item."""
+    errs: list[tuple[int, BaseException]] | None = None
+    if star:
+        values = []
+        for i, a in enumerate(items):
+            try:
+                values.append(fn(*a, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - reported to the caller
+                values.append(None)
+                (errs := errs if errs is not None else []).append((i, e))
+        return values, errs
+    try:
+        if kwargs:
+            return [fn(a, **kwargs) for a in items], None
+        return [fn(a) for a in items], None
+    except BaseException:  # noqa: BLE001 - redo item by item to locate failures
+        pass
+    values = []
+    errs = []
+    for i, a in enumerate(items):
+        try:
+            values.append(fn(a, **kwargs))
+        except BaseException as e:  # noqa: BLE001
+            values.append(None)
+            errs.append((i, e))
+    return values, errs
+
+
+class Node:
+    """Everything one process needs to take part in a run."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        hub: bool,
+        worker: bool,
+        workers: list[int],
+        max_threads: int = 16,
+    ) -> None:
+        self.transport = transport
+        self.rank = transport.rank
+        self.size = transport.size
+        self.workers = workers
+        self.fncache = _serial.FunctionCache(self.rank)
+        self.owned: dict[int, _Task] = {}
+        self.owned_lock = threading.Lock()
+        self._tids = itertools.count(1)
+        self._sendq: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._send_cv = threading.Condition(threading.Lock())
+        self._local: collections.deque[list[Any]] = collections.deque()
+        self.closed = False
+        self.broken: BaseException | None = None
+        self.on_lost: Callable[[int], None] | None = None
+        self.on_stop: Callable[[], None] | None = None
+        self.worker = Worker(self, max_threads) if worker else None
+        self.hub = Hub(self) if hub else None
+        self._threads: list[threading.Thread] = []
+        self.stats = collections.Counter()
+
+    def next_tid(self) -> int:
+        return next(self._tids)
+
+    # -- sending -------------------------------------------------------------------------
+    def send(self, dest: int, msg: tuple[Any, ...], bufs: Iterable[Any] = ()) -> None:
+        frames = [pickle.dumps(msg, 5)]
+        frames.extend(bufs)
+        if dest == self.rank:
+            self._local.append(frames)
+            self.transport.wakeup()
+            return
+        with self._send_cv:
+            self._sendq.append((dest, frames))
+            self._send_cv.notify()
+
+    def _sender(self) -> None:
+        q = self._sendq
+        while True:
+            with self._send_cv:
+                while not q and not self.closed:
+                    self._send_cv.wait()
+                if not q and self.closed:
+                    return
+                batch = list(q)
+                q.clear()
+            for dest, frames in batch:
+                try:
+                    self.transport.send(dest, frames)
+                    self.stats["msgs"] += 1
+                except Exception as e:  # noqa: BLE001 - a lost peer is reported by recv
+                    if not self.closed:
+                        log.debug("send to rank %d failed: %s", dest, e)
+
+    # -- receiving -----------------------------------------------------------------------
+    def start(self, comm_in_thread: bool = True) -> None:
+        s = threading.Thread(target=self._sender, name=f"dtm-send-{self.rank}", daemon=True)
+        s.start()
+        self._threads.append(s)
+        if comm_in_thread:
+            c = threading.Thread(target=self.comm_loop, name=f"dtm-comm-{self.rank}", daemon=True)
+            c.start()
+            self._threads.append(c)
+        if self.worker is not None:
+            self.worker.start()
+
+    def comm_loop(self) -> None:
+        tr = self.transport
+        hub = self.hub
+        try:
+            while not self.closed:
+                while self._local:
+                    self._dispatch(self.rank, self._local.popleft())
+                timeout = hub.poll_interval() if hub is not None else None
+                item = tr.recv(timeout)
+                if item is not None:
+                    src, frames = item
+                    if frames is None:
+                        self._peer_lost(src)
+                    else:
+                        self._dispatch(src, frames)
+                if hub is not None:
+                    hub.tick()
+        except Exception as e:  # pragma: no cover - a bug or a dead transport
+            if not self.closed:
+                log.exception("communication thread of rank %d failed", self.rank)
+                self._fail_all(e)
+        finally:
+            if self.on_stop is not None and not self.closed:
+                self.on_stop()
+
+    def _peer_lost(self, src: int) -> None:
+        if self.closed:
+            return
+        if self.on_lost is not None:
+            self.on_lost(src)
+
+    def _dispatch(self, src: int, frames: list[Any]) -> None:
+        msg = pickle.loads(frames[0])
+        kind = msg[0]
+        if kind == TASKS:
+            assert self.worker is not None
+            self.worker.on_tasks(src, msg[1], frames)
+        elif kind == RESULTS:
+            self.on_results(src, msg[1], frames)
+        elif kind == REQ:
+            assert self.hub is not None
+            self.hub.on_req(src, msg[1], msg[2])
+        elif kind == STEAL:
+            if self.worker is not None:
+                self.worker.on_steal(msg[1])
+        elif kind == NOWORK:
+            if self.hub is not None:
+                self.hub.on_nowork(src, msg[1])
+        elif kind == HAVEWORK:
+            if self.hub is not None:
+                self.hub.on_havework(src)
+        elif kind == SHUTDOWN:
+            self.closed = True
+            if self.on_stop is not None:
+                self.on_stop()
+        elif kind == INITFAIL:
+            from ._executor import BrokenDTMExecutor as _B
+
+            self._fail_all(_B(f"worker rank {src} could not start:\n{msg[1]}"))
+        else:  # pragma: no cover
+            log.error("unknown message kind %r from rank %d", kind, src)
+
+    # -- results -------------------------------------------------------------------------
+    def on_results(self, src: int, entries: list[tuple[Any, ...]], frames: list[Any]) -> None:
+        pos = 1
+        for tid, code, data, nb, dur in entries:
+            bufs = frames[pos : pos + nb]
+            pos += nb
+            with self.owned_lock:
+                task = self.owned.pop(tid, None)
+            if task is None:
+                continue  # already settled (a retried task answered twice)
+            if self.hub is not None and task.depth == 0:
+                self.hub.settled(task)
+            try:
+                if code == 1:
+                    value = loads(data, bufs)
+                    if task.kind == CHUNK and value[1]:
+                        value = (value[0], [(i, _serial.unpack_exception(b, ())) for i, b in value[1]])
+                    ok = True
+                else:
+                    value = _serial.unpack_exception(data, bufs)
+                    ok = False
+            except Exception as e:  # noqa: BLE001
+                value = SerializationError(
+                    f"the result of {task.label()} could not be unpickled on rank {self.rank}: "
+                    f"{type(e).__name__}: {e}"
+                )
+                ok = False
+            self.finish(task, ok, value, dur)
+        if self.worker is not None:
+            self.worker.wake()
+
+    def finish(self, task: _Task, ok: bool, value: Any, dur: float) -> None:
+        """Settle the future of a task owned by this rank (log a failure once, here)."""
+        fut = task.future
+        if fut is None:
+            return
+        fut._dtm_dur = dur
+        if ok:
+            if task.kind == CHUNK and value[1]:
+                for i, e in value[1]:
+                    log.warning("%s item %d raised %s: %s", task.label(), i, type(e).__name__, e)
+            _settle(fut, True, value)
+        else:
+            log.warning("%s raised %s: %s", task.label(), type(value).__name__, value)
+            _settle(fut, False, value)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = exc
+        with self.owned_lock:
+            tasks = list(self.owned.values())
+            self.owned.clear()
+        for t in tasks:
+            if t.future is not None:
+                _settle(t.future, False, exc)
+        if self.hub is not None:
+            self.hub.fail_pending(exc)
+        if self.worker is not None:
+            self.worker.wake()
+
+    def close(self) -> None:
+        self.closed = True
+        with self._send_cv:
+            self._send_cv.notify_all()
+        if self.worker is not None:
+            self.worker.close()
+        try:
+            self.transport.wakeup()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def flush_sends(self, timeout: float = 5.0) -> None:
+        end = time.monotonic() + timeout
+        while self._sendq and time.monotonic() < end:
+            time.sleep(0.001)
+
+
+def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
+    try:
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    except Exception:  # noqa: BLE001 - already settled or cancelled
+        pass
+
+
+class _ThreadRec:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Worker:
+    """Executes tasks: a deque of local children, an inbox of received tasks, a token, threads."""
+
+    def __init__(self, node: Node, max_threads: int) -> None:
+        self.node = node
+        self.rank = node.rank
+        self.cv = threading.Condition(threading.Lock())
+        self.ready: collections.deque[_Task] = collections.deque()
+        self.inbox: collections.deque[_Task] = collections.deque()
+        self.nqueued = 0
+        self.ninbox = 0
+        self.token: _ThreadRec | None = None
+        self.resumable: collections.deque[_ThreadRec] = collections.deque()
+        self.nthreads = 0
+        self.idle = 0
+        self.sleepers = 0
+        self.max_threads = max(2, max_threads)
+        self.peak_threads = 0
+        self.peak_blocked = 0
+        self.blocked = 0
+        self.closing = False
+        self.req_outstanding = False
+        self.idle_reported = False
+        self.hint = False
+        self.dur: float | None = None
+        self.want = 1
+        self._out: dict[int, tuple[list[Any], list[Any]]] = {}
+        self._out_lock = threading.Lock()
+        self._out_n = 0
+        self._out_since = 0.0
+        self.tasks_run = 0
+        self.tasks_stolen = 0
+        self.busy_time = 0.0
+
+    # -- threads -------------------------------------------------------------------------
+    def start(self) -> None:
+        with self.cv:
+            self._spawn_locked()
+            self._report_idle_locked()
+
+    def _spawn_locked(self) -> None:
+        self.nthreads += 1
+        self.peak_threads = max(self.peak_threads, self.nthreads)
+        th = threading.Thread(
+            target=self._thread_main, name=f"dtm-exec-{self.rank}-{self.nthreads}", daemon=True
+        )
+        th.start()
+
+    def _maybe_spawn_locked(self) -> None:
+        if (
+            self.token is None
+            and not self.resumable
+            and self.nqueued > 0
+            and self.idle == 0
+            and self.nthreads < self.max_threads
+        ):
+            self._spawn_locked()
+
+    def wake(self) -> None:
+        if self.sleepers:
+            with self.cv:
+                self.cv.notify_all()
+
+    def close(self) -> None:
+        with self.cv:
+            self.closing = True
+            self.cv.notify_all()
+
+    def _thread_main(self) -> None:
+        me = _ThreadRec(threading.current_thread().name)
+        tls.worker = self
+        tls.thread = me
+        tls.tasks = []
+        cv = self.cv
+        cv.acquire()
+        try:
+            while not self.closing:
+                if self.token is None and not self.resumable:
+                    task = self._pop_locked()
+                    if task is not None:
+                        self.token = me
+                        cv.release()
+                        try:
+                            self._execute(task)
+                        finally:
+                            cv.acquire()
+                        self.token = None
+                        if self.resumable:
+                            cv.notify_all()
+                        continue
+                    self._report_idle_locked()
+                if self.idle >= 1 and self.nthreads > 1:
+                    break  # one idle spare is enough
+                self.idle += 1
+                self.sleepers += 1
+                cv.wait()
+                self.sleepers -= 1
+                self.idle -= 1
+        finally:
+            self.nthreads -= 1
+            cv.release()
+
+    # -- queues --------------------------------------------------------------------------
+    def _pop_locked(self) -> _Task | None:
+        ready = self.ready
+        while ready:
+            t = ready.pop()
+            if t.state == QUEUED:
+                t.state = CLAIMED
+                self.nqueued -= 1
+                return t
+        inbox = self.inbox
+        while inbox:
+            t = inbox.popleft()
+            if t.state == QUEUED:
+                t.state = CLAIMED
+                self.nqueued -= 1
+                self.ninbox -= 1
+                self._maybe_request_locked()
+                return t
+        return None
+
+    def _maybe_request_locked(self) -> None:
+        if not self.req_outstanding and self.ninbox <= self.want // 2:
+            self.req_outstanding = True
+            self.node.send(0, (REQ, max(1, self.want - self.ninbox), False))
+
+    def _report_idle_locked(self) -> None:
+        """Nothing runnable here: ask the hub for work (once per idle period)."""
+        if self.nqueued == 0 and not self.resumable and not self.idle_reported and not self.closing:
+            self.idle_reported = True
+            self.req_outstanding = True
+            self.flush_results()
+            self.node.send(0, (REQ, self.want, True))
+
+    def push_local(self, task: _Task) -> None:
+        task.home = self
+        with self.cv:
+            self.ready.append(task)
+            self.nqueued += 1
+            if self.token is None:
+                self._maybe_spawn_locked()
+                self.cv.notify_all()
+            hint = self.hint
+            self.hint = False
+        if hint:
+            self.node.send(0, (HAVEWORK,))
+
+    def on_tasks(self, src: int, descs: list[tuple[Any, ...]], frames: list[Any]) -> None:
+        fc = self.node.fncache
+        pos = 1
+        tasks = []
+        for owner, tid, fid, fnblob, blob, nb, depth, kind in descs:
+            t = _Task(owner, tid, kind, depth)
+            t.fid = fid
+            t.fnblob = fc.incoming(src, fid, fnblob)
+            t.blob = blob
+            t.bufs = frames[pos : pos + nb]
+            pos += nb
+            t.home = self
+            tasks.append(t)
+        with self.cv:
+            self.inbox.extend(tasks)
+            self.nqueued += len(tasks)
+            self.ninbox += len(tasks)
+            self.req_outstanding = False
+            self.idle_reported = False
+            if src != 0:
+                self.tasks_stolen += len(tasks)
+            self._maybe_spawn_locked()
+            self.cv.notify_all()
+            if self.ninbox <= self.want // 2:
+                self._maybe_request_locked()
+
+    def on_steal(self, thief: int) -> None:
+        grab: list[_Task] = []
+        with self.cv:
+            if self.ninbox > 0:
+                n = max(1, self.ninbox // 2)
+                while self.inbox and len(grab) < n:
+                    t = self.inbox.pop()
+                    if t.state == QUEUED:
+                        grab.append(t)
+                grab.reverse()
+                self.ninbox -= len(grab)
+            elif self.nqueued > 0:
+                n = max(1, (self.nqueued - self.ninbox) // 2)
+                depth = None
+                while self.ready and len(grab) < n:
+                    t = self.ready[0]
+                    if t.state != QUEUED:
+                        self.ready.popleft()
+                        continue
+                    if depth is not None and t.depth != depth:
+                        break
+                    depth = t.depth
+                    grab.append(self.ready.popleft())
+            for t in grab:
+                t.state = GONE
+            self.nqueued -= len(grab)
+            if not grab:
+                self.hint = True
+        if not grab:
+            self.node.send(0, (NOWORK, thief))
+            return
+        self._send_tasks(thief, grab)
+
+    def _send_tasks(self, thief: int, grab: list[_Task]) -> None:
+        node = self.node
+        fc = node.fncache
+        descs = []
+        bufs: list[Any] = []
+        for t in grab:
+            if t.blob is None:  # a local child: serialize it now, only because it moves
+                fut = t.future
+                if fut is not None and not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    t.fid, t.fnblob = fc.pickle_fn(t.fn)
+                except Exception as e:  # noqa: BLE001
+                    node.finish(t, False, SerializationError(
+                        f"cannot pickle the function of {t.label()}: {describe(t.fn)} ({type(e).__name__}: {e})"), 0.0)
+                    continue
+                try:
+                    payload = (t.args, t.kwargs)
+                    t.blob, t.bufs = dumps(payload)
+                except Exception as e:  # noqa: BLE001
+                    if t.kind == CHUNK:
+                        err = SerializationError(f"cannot pickle the items of {t.label()}: {e}")
+                    else:
+                        err = _serial.explain_args_failure(t.label(), t.args, t.kwargs, e)
+                    node.finish(t, False, err, 0.0)
+                    continue
+                t.args = t.kwargs = None
+            if t.owner == node.rank:
+                t.where = thief
+                with node.owned_lock:
+                    node.owned[t.tid] = t
+            descs.append((t.owner, t.tid, t.fid, fc.outgoing(thief, t.fid, t.fnblob), t.blob, len(t.bufs), t.depth, t.kind))
+            bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
+        if not descs:
+            node.send(0, (NOWORK, thief))
+            return
+        node.send(thief, (TASKS, descs), bufs)
+
+    # -- running -------------------------------------------------------------------------
+    def _claim(self, futs: Iterable[Future[Any]]) -> _Task | None:
+        """Claim the most recently queued local task among those computing ``futs``."""
+        best = None
+        for f in futs:
+            t = getattr(f, "_dtm_task", None)
+            if t is not None and t.state == QUEUED and t.home is self:
+                if best is None or t.tid > best.tid:
+                    best = t
+        if best is None:
+            return None
+        with self.cv:
+            if best.state != QUEUED:
+                return None
+            best.state = CLAIMED
+            self.nqueued -= 1
+        return best
+
+    def _execute(self, task: _Task) -> None:
+        fut = task.future
+        if fut is not None and fut._state == "PENDING":  # a local child: it may have been cancelled
+            if not fut.set_running_or_notify_cancel():
+                return
+        stack = tls.tasks
+        stack.append(task)
+        t0 = _perf()
+        try:
+            try:
+                if task.fn is None:
+                    self._materialize(task)
+            except BaseException as e:  # noqa: BLE001
+                ok, value = False, e
+            else:
+                try:
+                    if task.kind == CALL:
+                        value = task.fn(*task.args, **task.kwargs)
+                    else:
+                        items, star = task.args
+                        value = run_chunk(task.fn, items, star, task.kwargs)
+                    ok = True
+                except BaseException as e:  # noqa: BLE001 - task failures go to the future
+                    ok, value = False, e
+        finally:
+            stack.pop()
+        dur = _perf() - t0
+        self.tasks_run += 1
+        self.busy_time += dur
+        n = len(task.args[0]) if task.kind == CHUNK and ok else 1
+        per = dur / max(1, n)
+        self.dur = per * n if self.dur is None else 0.8 * self.dur + 0.2 * dur
+        self.want = max(1, min(1024, math.ceil(0.002 / max(self.dur, 1e-6))))
+        task.args = task.kwargs = task.blob = None
+        task.bufs = ()
+        self._deliver(task, ok, value, dur)
+
+    def _materialize(self, task: _Task) -> None:
+        try:
+            fn = self.node.fncache.function(task.fid, task.fnblob)
+        except Exception as e:
+            hint = ""
+            if isinstance(e, AttributeError) and "__main__" in str(e):
+                hint = (" Functions defined under `if __name__ == '__main__':` or in an interactive "
+                        "session do not exist on workers; define them at module level.")
+            raise SerializationError(
+                f"task #{task.tid} from rank {task.owner}: cannot unpickle its function on rank "
+                f"{self.rank}: {type(e).__name__}: {e}.{hint}"
+            ) from e
+        task.fn = fn
+        try:
+            payload = loads(task.blob, task.bufs)
+        except Exception as e:
+            raise SerializationError(
+                f"{task.label()} from rank {task.owner}: cannot unpickle its arguments on rank "
+                f"{self.rank}: {type(e).__name__}: {e}"
+            ) from e
+        task.args, task.kwargs = payload
+
+    def _deliver(self, task: _Task, ok: bool, value: Any, dur: float) -> None:
+        if task.owner == self.rank:
+            node = self.node
+            orig: _Task | None = task
+            if task.future is None:  # it came back to its owner through messages
+                with node.owned_lock:
+                    orig = node.owned.pop(task.tid, None)
+                if orig is None:
+                    return
+            if orig.depth == 0 and node.hub is not None:
+                node.hub.settled(orig)
+            node.finish(orig, ok, value, dur)
+            self.wake()
+            return
+        try:
+            if ok:
+                if task.kind == CHUNK and value[1]:
+                    value = (value[0], [(i, _serial.pack_exception(e, f"raised on rank {self.rank}")[0]) for i, e in value[1]])
+                data, bufs = dumps(value)
+                code = 1
+            else:
+                data, bufs = _serial.pack_exception(value, f"{task.label()} raised on rank {self.rank}")
+                code = 0
+        except Exception as e:  # noqa: BLE001
+            err = SerializationError(
+                f"the result of {task.label()} could not be pickled on rank {self.rank}: "
+                f"{describe(value)} ({type(e).__name__}: {e})"
+            )
+            data, bufs = _serial.pack_exception(err, "")
+            code = 0
+        raw = [b.raw() for b in bufs]
+        now = _perf()
+        with self._out_lock:
+            box = self._out.get(task.owner)
+            if box is None:
+                box = self._out[task.owner] = ([], [])
+            if self._out_n == 0:
+                self._out_since = now
+            box[0].append((task.tid, code, data, len(raw), dur))
+            box[1].extend(raw)
+            self._out_n += 1
+            flush = raw or self._out_n >= 256 or now - self._out_since > 0.002 or self.nqueued == 0
+        if flush:
+            self.flush_results()
+
+    def flush_results(self) -> None:
+        with self._out_lock:
+            if not self._out_n:
+                return
+            out = self._out
+            self._out = {}
+            self._out_n = 0
+        for owner, (entries, bufs) in out.items():
+            self.node.send(owner, (RESULTS, entries), bufs)
+
+    # -- waiting -------------------------------------------------------------------------
+    def help_until(self, pred: Callable[[], bool], futs: Iterable[Future[Any]], timeout: float | None) -> None:
+        """Called by the token holder instead of blocking; returns when ``pred()`` or timeout."""
+        me: _ThreadRec = tls.thread
+        if self.token is not me:  # a thread the task started itself: just block politely
+            self._plain_wait(pred, timeout)
+            return
+        futs = list(futs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cv = self.cv
+        while not pred():
+            task = self._claim(futs)
+            if task is not None:
+                self._execute(task)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            self.flush_results()
+            cv.acquire()
+            try:
+                if pred():
+                    return
+                if self.resumable or self.idle > 0 or self.nthreads < self.max_threads:
+                    # suspend: give the token away, come back when pred() holds
+                    self.token = None
+                    self.blocked += 1
+                    self.peak_blocked = max(self.peak_blocked, self.blocked)
+                    self._maybe_spawn_locked()
+                    self._report_idle_locked()
+                    cv.notify_all()
+                    try:
+                        while not pred():
+                            if deadline is not None:
+                                left = deadline - time.monotonic()
+                                if left <= 0:
+                                    break
+                            else:
+                                left = None
+                            self.sleepers += 1
+                            cv.wait(left)
+                            self.sleepers -= 1
+                        self.resumable.append(me)
+                        while self.token is not None or self.resumable[0] is not me:
+                            self.sleepers += 1
+                            cv.wait()
+                            self.sleepers -= 1
+                        self.resumable.popleft()
+                        self.token = me
+                    finally:
+                        self.blocked -= 1
+                    continue
+                # at the thread cap: lend this thread (and its stack) to queued work
+                task = self._pop_locked()
+                if task is None:
+                    self.token = None
+                    self._report_idle_locked()
+                    self.sleepers += 1
+                    while not pred() and not (self.nqueued and self.token is None and not self.resumable and self.idle == 0):
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
+                        cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    self.sleepers -= 1
+                    self.resumable.append(me)
+                    while self.token is not None or self.resumable[0] is not me:
+                        self.sleepers += 1
+                        cv.wait()
+                        self.sleepers -= 1
+                    self.resumable.popleft()
+                    self.token = me
+                    continue
+            finally:
+                cv.release()
+            self._execute(task)
+
+    def _plain_wait(self, pred: Callable[[], bool], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cv:
+            while not pred():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                self.sleepers += 1
+                self.cv.wait(left)
+                self.sleepers -= 1
+
+    # -- submitting nested work ----------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], args: Any, kwargs: dict[str, Any], kind: int = CALL) -> DTMFuture:
+        stack = getattr(tls, "tasks", None)
+        depth = stack[-1].depth + 1 if stack else 1
+        t = _Task(self.rank, self.node.next_tid(), kind, depth)
+        t.fn = fn
+        t.args = args
+        t.kwargs = kwargs
+        fut = DTMFuture()
+        fut._dtm_task = t
+        t.future = fut
+        self.push_local(t)
+        return fut
+
+
+class Hub:
+    """Rank 0's queue of top-level tasks; matches idle workers with work (its own or stolen)."""
+
+    NONE, HUNGRY, IDLE, STEALING = 0, 1, 2, 3
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.lock = threading.Lock()
+        self.pending: collections.deque[_Task] = collections.deque()
+        self.state: dict[int, int] = {w: self.NONE for w in node.workers}
+        self.want: dict[int, int] = {w: 1 for w in node.workers}
+        self.tried: dict[int, set[int]] = {w: set() for w in node.workers}
+        self.nwaiting = 0  # workers that asked and got nothing yet
+        self.outstanding = 0  # top-level tasks not settled
+        self.all_done = threading.Condition(self.lock)
+        self.shutdown = False
+        self._last_poll = 0.0
+        self._rr = 0
+
+    def submit(self, task: _Task) -> None:
+        with self.lock:
+            if self.node.broken is not None:
+                raise self.node.broken
+            self.pending.append(task)
+            self.outstanding += 1
+            wake = self.nwaiting > 0
+        if wake:
+            self.node.transport.wakeup()
+
+    def settled(self, task: _Task) -> None:
+        with self.lock:
+            self.outstanding -= 1
+            if self.outstanding <= 0:
+                self.all_done.notify_all()
+
+    def cancel_pending(self) -> None:
+        with self.lock:
+            tasks = list(self.pending)
+            self.pending.clear()
+        for t in tasks:
+            if t.future is not None and t.future.cancel():
+                self.settled(t)
+            else:
+                with self.lock:
+                    self.pending.append(t)
+
+    def fail_pending(self, exc: BaseException) -> None:
+        with self.lock:
+            tasks = list(self.pending)
+            self.pending.clear()
+            self.outstanding = 0
+            self.all_done.notify_all()
+        for t in tasks:
+            if t.future is not None:
+                _settle(t.future, False, exc)
+
+    # -- comm-thread side ----------------------------------------------------------------
+    def _set(self, w: int, new: int) -> None:
+        old = self.state[w]
+        if old == new:
+            return
+        waiting = (self.HUNGRY, self.IDLE)
+        with self.lock:
+            self.nwaiting += (new in waiting) - (old in waiting)
+        self.state[w] = new
+
+    def on_req(self, src: int, want: int, idle: bool) -> None:
+        self.want[src] = want
+        st = self.state[src]
+        if idle:
+            self.tried[src].clear()
+            self._set(src, self.IDLE)
+        elif st != self.IDLE:
+            self._set(src, self.HUNGRY)
+        self._serve()
+
+    def on_nowork(self, victim: int, thief: int) -> None:
+        if self.state.get(thief) != self.STEALING:
+            return
+        self.tried[thief].add(victim)
+        self._set(thief, self.IDLE)
+        self._serve()
+
+    def on_havework(self, victim: int) -> None:
+        if self.state.get(victim) == self.IDLE:
+            return
+        for w, st in self.state.items():
+            if st == self.IDLE and w != victim:
+                self._steal_for(w, victim)
+                return
+
+    def poll_interval(self) -> float | None:
+        states = self.state.values()
+        if self.IDLE in states and any(st != self.IDLE for st in states):
+            return 0.02
+        return None
+
+    def tick(self) -> None:
+        if self.pending and self.nwaiting:
+            self._serve()
+        now = time.monotonic()
+        if now - self._last_poll > 0.02:
+            self._last_poll = now
+            for w, st in self.state.items():
+                if st == self.IDLE:
+                    self.tried[w].clear()
+            self._serve()
+
+    def _serve(self) -> None:
+        order = [w for w, st in self.state.items() if st == self.IDLE]
+        order += [w for w, st in self.state.items() if st == self.HUNGRY]
+        for w in order:
+            if not self.pending:
+                break
+            batch: list[_Task] = []
+            with self.lock:
+                n = self.want[w]
+                while self.pending and len(batch) < n:
+                    batch.append(self.pending.popleft())
+            sent = []
+            for t in batch:
+                if t.future is not None and not t.future.set_running_or_notify_cancel():
+                    self.settled(t)
+                    continue
+                sent.append(t)
+            if not sent:
+                continue
+            self._set(w, self.NONE)
+            self._dispatch(w, sent)
+        if self.pending:
+            return
+        # idle workers and nothing queued here: find them work elsewhere
+        for w, st in list(self.state.items()):
+            if st == self.IDLE:
+                victims = [v for v in self.node.workers
+                           if v != w and v not in self.tried[w] and self.state[v] != self.IDLE]
+                if victims:
+                    self._rr += 1
+                    self._steal_for(w, victims[self._rr % len(victims)])
+
+    def _steal_for(self, thief: int, victim: int) -> None:
+        self._set(thief, self.STEALING)
+        self.node.send(victim, (STEAL, thief))
+
+    def _dispatch(self, w: int, tasks: list[_Task]) -> None:
+        node = self.node
+        fc = node.fncache
+        descs = []
+        bufs: list[Any] = []
+        for t in tasks:
+            t.where = w
+            with node.owned_lock:
+                node.owned[t.tid] = t
+            descs.append((t.owner, t.tid, t.fid, fc.outgoing(w, t.fid, t.fnblob), t.blob, len(t.bufs), 0, t.kind))
+            bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
+        node.send(w, (TASKS, descs), bufs)
+
+    def make_task(self, fn: Callable[..., Any], payload: Any, kind: int) -> tuple[_Task, DTMFuture]:
+        node = self.node
+        t = _Task(node.rank, node.next_tid(), kind, 0)
+        t.fn = fn
+        try:
+            t.fid, t.fnblob = node.fncache.pickle_fn(fn)
+        except Exception as e:
+            raise SerializationError(
+                f"cannot pickle the function of {t.label()}: {describe(fn)} ({type(e).__name__}: {e})"
+            ) from e
+        try:
+            t.blob, t.bufs = dumps(payload)
+        except Exception as e:
+            if kind == CALL:
+                raise _serial.explain_args_failure(t.label(), payload[0], payload[1], e) from e
+            raise SerializationError(f"cannot pickle the items of {t.label()}: {type(e).__name__}: {e}") from e
+        fut = DTMFuture()
+        t.future = fut
+        return t, fut
+
+
+def in_worker_thread() -> bool:
+    return getattr(tls, "worker", None) is not None
+
+
+def current_task_depth() -> int:
+    stack = getattr(tls, "tasks", None)
+    return stack[-1].depth if stack else 0
+
+
+_ = (os, sys, DONE_STATES)
