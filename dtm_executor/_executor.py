@@ -82,8 +82,7 @@ class DTMExecutor(Executor):
             raise TypeError("initializer must be a callable")
         if not isinstance(max_threads, int) or max_threads < 2:
             raise ValueError(f"max_threads must be an int >= 2, not {max_threads!r}")
-        if transport not in ("auto", "local"):
-            raise ValueError(f"unknown transport {transport!r}; expected 'auto' or 'local'")
+        kind = _choose_transport(transport)
         for key in options:
             raise TypeError(f"DTMExecutor() got an unexpected keyword argument {key!r}")
         self._max_workers = max_workers
@@ -94,9 +93,10 @@ class DTMExecutor(Executor):
         except Exception as e:
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
         opts = {"max_threads": max_threads}
-        self._pool = _local.LocalPool(max_workers, opts, init_blob)
-        node = Node(self._pool.transport, hub=True, worker=False,
-                    workers=list(range(1, max_workers + 1)), max_threads=max_threads)
+        self._pool = _POOLS[kind](max_workers, opts, init_blob)
+        node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
+                    workers=list(self._pool.workers), max_threads=max_threads)
+        self._max_workers = len(self._pool.workers)
         self._node = node
         self._hub = node.hub
         node.on_lost = self._on_worker_lost
@@ -185,6 +185,20 @@ class DTMExecutor(Executor):
             f"worker rank {rank} (pid {self._pool.procs[rank].pid}) died unexpectedly "
             f"(exit status {code}); the pool cannot go on"
         ))
+
+
+#: Pool factories by transport name: ``factory(max_workers, options, init_blob)`` returns an
+#: object with ``transport``, ``workers`` (ranks that execute tasks), ``local_worker`` (whether
+#: rank 0 executes tasks too), ``exit_status(rank)``, ``join(timeout)`` and ``kill()``.
+_POOLS: dict[str, Callable[..., Any]] = {"local": _local.LocalPool}
+
+
+def _choose_transport(transport: str) -> str:
+    if transport == "auto":
+        return "local"
+    if transport not in _POOLS:
+        raise ValueError(f"unknown transport {transport!r}; expected one of {sorted(_POOLS)} or 'auto'")
+    return transport
 
 
 def _teardown(node: Node, pool: _local.LocalPool) -> None:

@@ -186,6 +186,8 @@ class LocalPool:
         import multiprocessing.spawn as mpspawn
 
         self.transport = LocalHubTransport(nworkers)
+        self.workers = list(range(1, nworkers + 1))
+        self.local_worker = False
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         try:
             prep = mpspawn.get_preparation_data("dtm-worker")
