@@ -83,8 +83,6 @@ class DTMExecutor(Executor):
         if not isinstance(max_threads, int) or max_threads < 2:
             raise ValueError(f"max_threads must be an int >= 2, not {max_threads!r}")
         kind = _choose_transport(transport)
-        for key in options:
-            raise TypeError(f"DTMExecutor() got an unexpected keyword argument {key!r}")
         self._max_workers = max_workers
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -93,7 +91,11 @@ class DTMExecutor(Executor):
         except Exception as e:
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
         opts = {"max_threads": max_threads}
-        self._pool = _POOLS[kind](max_workers, opts, init_blob)
+        pool_options = dict(options)
+        self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
+        for key in pool_options:
+            self._pool.kill()
+            raise TypeError(f"DTMExecutor() got an unexpected keyword argument {key!r}")
         node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
                     workers=list(self._pool.workers), max_threads=max_threads)
         self._max_workers = len(self._pool.workers)
@@ -187,7 +189,8 @@ class DTMExecutor(Executor):
         ))
 
 
-#: Pool factories by transport name: ``factory(max_workers, options, init_blob)`` returns an
+#: Pool factories by transport name: ``factory(max_workers, opts, init_blob, options)`` (it pops
+#: the keyword ``options`` it understands from that dict) returns an
 #: object with ``transport``, ``workers`` (ranks that execute tasks), ``local_worker`` (whether
 #: rank 0 executes tasks too), ``exit_status(rank)``, ``join(timeout)`` and ``kill()``.
 _POOLS: dict[str, Callable[..., Any]] = {"local": _local.LocalPool}

@@ -182,7 +182,9 @@ class LocalWorkerTransport:
 class LocalPool:
     """Starts and stops the worker processes of one executor."""
 
-    def __init__(self, nworkers: int, options: dict[str, Any], init_blob: bytes) -> None:
+    def __init__(
+        self, nworkers: int, options: dict[str, Any], init_blob: bytes, extra: dict[str, Any] | None = None
+    ) -> None:
         import multiprocessing.spawn as mpspawn
 
         self.transport = LocalHubTransport(nworkers)
