@@ -7,6 +7,7 @@ its children lends its worker to other work. See README.md and docs/ for the tou
 from __future__ import annotations
 
 from ._executor import BrokenDTMExecutor, DTMExecutor, current_executor
+from ._runtime import WorkerLostError
 from ._serial import RemoteTraceback, SerializationError
 from ._transport import Transport
 
@@ -16,6 +17,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "Transport",
+    "WorkerLostError",
     "current_executor",
 ]
 

@@ -65,6 +65,7 @@ class DTMExecutor(Executor):
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         max_threads: int = 16,
+        max_retries: int = 3,
         **options: Any,
     ) -> None:
         if self._nested:
@@ -82,6 +83,8 @@ class DTMExecutor(Executor):
             raise TypeError("initializer must be a callable")
         if not isinstance(max_threads, int) or max_threads < 2:
             raise ValueError(f"max_threads must be an int >= 2, not {max_threads!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
         kind = _choose_transport(transport)
         self._max_workers = max_workers
         self._shutdown_lock = threading.Lock()
@@ -102,6 +105,7 @@ class DTMExecutor(Executor):
         self._node = node
         self._hub = node.hub
         node.on_lost = self._on_worker_lost
+        node.max_retries = max_retries
         node.start()
         _live.add(self)
         _last_created[:] = [weakref.ref(self)]
@@ -182,11 +186,10 @@ class DTMExecutor(Executor):
     def _on_worker_lost(self, rank: int) -> None:
         if self._node.closed:
             return
-        code = self._pool.exit_status(rank)
-        self._node._fail_all(BrokenDTMExecutor(
-            f"worker rank {rank} (pid {self._pool.procs[rank].pid}) died unexpectedly "
-            f"(exit status {code}); the pool cannot go on"
-        ))
+        describe = getattr(self._pool, "describe", None)
+        who = describe(rank) if describe is not None else f"worker rank {rank}"
+        log.warning("%s died; its tasks go to the surviving workers", who)
+        self._node.worker_lost(rank, who)
 
 
 #: Pool factories by transport name: ``factory(max_workers, opts, init_blob, options)`` (it pops

@@ -216,6 +216,19 @@ class LocalPool:
             self.kill()
             raise
 
+    def describe(self, rank: int) -> str:
+        p = self.procs.get(rank)
+        if p is None:
+            return f"worker rank {rank}"
+        code = p.poll()
+        if code is None:
+            try:
+                code = p.wait(0.2)
+            except subprocess.TimeoutExpired:
+                code = None
+        how = "still running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+        return f"worker rank {rank} (pid {p.pid}, {how})"
+
     def exit_status(self, rank: int) -> int | None:
         p = self.procs.get(rank)
         if p is None:

@@ -33,7 +33,7 @@ from ._transport import Transport
 log = logging.getLogger("dtm_executor")
 
 # message kinds
-TASKS, RESULTS, REQ, STEAL, NOWORK, HAVEWORK, SHUTDOWN, INITFAIL, STOPPED = range(1, 10)
+TASKS, RESULTS, REQ, STEAL, NOWORK, HAVEWORK, SHUTDOWN, INITFAIL, STOPPED, LOST = range(1, 11)
 
 # task states
 QUEUED, CLAIMED, GONE = 0, 1, 2
@@ -48,10 +48,14 @@ class BrokenDTMExecutor(Exception):
     """Placeholder replaced by the public class in `_executor` (kept here to avoid a cycle)."""
 
 
+class WorkerLostError(Exception):
+    """The worker running a task died, and the task had used up its ``max_retries``."""
+
+
 class _Task:
     __slots__ = (
         "owner", "tid", "kind", "fn", "args", "kwargs", "fid", "fnblob", "blob", "bufs",
-        "future", "depth", "state", "home", "where",
+        "future", "depth", "state", "home", "where", "retries",
     )
 
     def __init__(self, owner: int, tid: int, kind: int, depth: int) -> None:
@@ -70,6 +74,7 @@ class _Task:
         self.state = QUEUED
         self.home: Worker | None = None
         self.where = -1  # rank the task was sent to, for owned tasks
+        self.retries = 0
 
     def label(self) -> str:
         name = fn_name(self.fn) if self.fn is not None else "?"
@@ -131,6 +136,9 @@ class Node:
         self.closed = False
         self.broken: BaseException | None = None
         self.on_lost: Callable[[int], None] | None = None
+        self.max_retries = 3
+        self.dead: set[int] = set()
+        self.describe_rank: Callable[[int], str] = lambda r: f"rank {r}"
         self.on_stop: Callable[[], None] | None = None
         self.worker = Worker(self, max_threads) if worker else None
         self.hub = Hub(self) if hub else None
@@ -237,12 +245,56 @@ class Node:
             self.closed = True
             if self.on_stop is not None:
                 self.on_stop()
+        elif kind == LOST:
+            self.worker_lost(msg[1], msg[2])
         elif kind == INITFAIL:
             from ._executor import BrokenDTMExecutor as _B
 
             self._fail_all(_B(f"worker rank {src} could not start:\n{msg[1]}"))
         else:  # pragma: no cover
             log.error("unknown message kind %r from rank %d", kind, src)
+
+    # -- losing a worker -----------------------------------------------------------------
+    def worker_lost(self, rank: int, who: str) -> None:
+        """Re-run (or fail) every task this rank owns that was handed to ``rank``.
+
+        Runs on the communication thread of every surviving rank (rank 0 detects the loss and
+        tells the others), so it is ordered with the steals and dispatches that hand work out.
+        """
+        if rank in self.dead or rank == self.rank:
+            return
+        self.dead.add(rank)
+        if rank in self.workers:
+            self.workers.remove(rank)
+        self.fncache.forget_peer(rank)
+        with self.owned_lock:
+            lost = [t for t in self.owned.values() if t.where == rank]
+            for t in lost:
+                del self.owned[t.tid]
+        retry: list[_Task] = []
+        for t in lost:
+            t.retries += 1
+            if t.retries > self.max_retries:
+                self.finish(t, False, WorkerLostError(
+                    f"{t.label()} was running on {who}, which died; "
+                    f"given up after {t.retries} attempt(s) (max_retries={self.max_retries})"), 0.0)
+                if self.hub is not None and t.depth == 0:
+                    self.hub.settled(t)
+            else:
+                log.warning("%s was on %s, which died: running it again (attempt %d)",
+                            t.label(), who, t.retries + 1)
+                retry.append(t)
+        if self.worker is not None:
+            self.worker.forget(rank, [t for t in retry if t.depth > 0 or self.hub is None])
+        if self.hub is not None:
+            self.hub.worker_lost(rank, [t for t in retry if t.depth == 0])
+            for w in self.workers:
+                if w != self.rank:
+                    self.send(w, (LOST, rank, who))
+            if not self.workers:
+                from ._executor import BrokenDTMExecutor as _B
+
+                self._fail_all(_B(f"all workers are gone (the last was {who})"))
 
     # -- results -------------------------------------------------------------------------
     def on_results(self, src: int, entries: list[tuple[Any, ...]], frames: list[Any]) -> None:
@@ -514,6 +566,8 @@ class Worker:
 
     def on_steal(self, thief: int) -> None:
         grab: list[_Task] = []
+        if thief in self.node.dead:
+            return
         with self.cv:
             if self.ninbox > 0:
                 n = max(1, self.ninbox // 2)
@@ -582,6 +636,28 @@ class Worker:
             node.send(0, (NOWORK, thief))
             return
         node.send(thief, (TASKS, descs), bufs)
+
+    def forget(self, rank: int, retry: list[_Task]) -> None:
+        """Requeue our tasks that were lost with ``rank``; drop queued work it owned."""
+        with self.cv:
+            for t in retry:
+                t.fn = None  # rebuild from the pickled form kept for this purpose
+                t.state = QUEUED
+                t.where = -1
+                t.home = self
+                self.inbox.appendleft(t)
+                self.nqueued += 1
+                self.ninbox += 1
+            for q in (self.inbox, self.ready):
+                for t in q:
+                    if t.state == QUEUED and t.owner == rank:
+                        t.state = GONE
+                        self.nqueued -= 1
+                        if q is self.inbox:
+                            self.ninbox -= 1
+            self.idle_reported = False
+            self._maybe_spawn_locked()
+            self.cv.notify_all()
 
     # -- running -------------------------------------------------------------------------
     def _claim(self, futs: Iterable[Future[Any]]) -> _Task | None:
@@ -936,7 +1012,8 @@ class Hub:
                     batch.append(self.pending.popleft())
             sent = []
             for t in batch:
-                if t.future is not None and not t.future.set_running_or_notify_cancel():
+                fut = t.future
+                if fut is not None and fut._state == "PENDING" and not fut.set_running_or_notify_cancel():
                     self.settled(t)
                     continue
                 sent.append(t)
@@ -954,6 +1031,20 @@ class Hub:
                 if victims:
                     self._rr += 1
                     self._steal_for(w, victims[self._rr % len(victims)])
+
+    def worker_lost(self, rank: int, retry: list[_Task]) -> None:
+        self._set(rank, self.NONE)
+        self.state.pop(rank, None)
+        self.tried.pop(rank, None)
+        for w, st in self.state.items():
+            self.tried[w].discard(rank)
+            if st == self.STEALING:  # its victim may have been the dead one
+                self._set(w, self.IDLE)
+        for t in retry:
+            t.where = -1
+        with self.lock:
+            self.pending.extendleft(reversed(retry))
+        self._serve()
 
     def _steal_for(self, thief: int, victim: int) -> None:
         self._set(thief, self.STEALING)
