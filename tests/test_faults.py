@@ -1,0 +1,118 @@
+"""Worker loss on the local transport: lost work is re-run, or fails loudly with max_retries=0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from dtm_executor import DTMExecutor, WorkerLostError, current_executor
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def slow_double(x: int) -> tuple[int, int]:
+    time.sleep(0.001)
+    return 2 * x, os.getpid()
+
+
+def tree(depth: int, leaf_seconds: float) -> int:
+    if depth == 0:
+        time.sleep(leaf_seconds)
+        return 1
+    ex = current_executor()
+    a = ex.submit(tree, depth - 1, leaf_seconds)
+    b = ex.submit(tree, depth - 1, leaf_seconds)
+    return a.result() + b.result()
+
+
+def _kill_worker(ex: DTMExecutor, rank: int) -> int:
+    pid = ex._pool.procs[rank].pid
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _ran_on(ex: DTMExecutor) -> set[int]:
+    return {p.pid for p in ex._pool.procs.values()}
+
+
+def test_kill_during_map_results_complete_and_correct() -> None:
+    with DTMExecutor(3) as ex:
+        out = []
+        pids = set()
+        for i, (v, pid) in enumerate(ex.map(slow_double, range(2000), chunksize=5)):
+            out.append(v)
+            pids.add(pid)
+            if i == 300:
+                dead = _kill_worker(ex, 2)
+        assert out == [2 * i for i in range(2000)]
+        assert dead in pids  # the victim really was doing this map's work
+        # the executor goes on with the workers it has
+        assert ex.submit(slow_double, 21).result()[0] == 42
+        assert len(ex._node.workers) == 2
+
+
+def test_kill_during_submits_each_future_settles_once() -> None:
+    with DTMExecutor(3) as ex:
+        fs = [ex.submit(slow_double, i) for i in range(2000)]
+        while sum(f.done() for f in fs) < 200:
+            time.sleep(0.005)
+        _kill_worker(ex, 3)
+        assert [f.result(timeout=60)[0] for f in fs] == [2 * i for i in range(2000)]
+
+
+def test_kill_during_nested_tree_reruns_subtrees() -> None:
+    with DTMExecutor(3) as ex:
+        fut = ex.submit(tree, 8, 0.004)
+        time.sleep(0.25)
+        assert not fut.done()
+        _kill_worker(ex, 2)
+        assert fut.result(timeout=60) == 256
+        assert ex.submit(tree, 4, 0.0).result(timeout=60) == 16
+
+
+def test_max_retries_zero_fails_affected_futures_and_goes_on() -> None:
+    with DTMExecutor(3, max_retries=0) as ex:
+        fs = [ex.submit(slow_double, i) for i in range(2000)]
+        while sum(f.done() for f in fs) < 200:
+            time.sleep(0.005)
+        _kill_worker(ex, 2)
+        lost = 0
+        for i, f in enumerate(fs):
+            try:
+                assert f.result(timeout=60)[0] == 2 * i
+            except WorkerLostError as e:
+                assert "rank 2" in str(e) and "max_retries=0" in str(e)
+                lost += 1
+        assert lost >= 1
+        assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+
+
+def test_max_retries_zero_nested_tree_fails_with_worker_lost() -> None:
+    with DTMExecutor(3, max_retries=0) as ex:
+        fut = ex.submit(tree, 8, 0.004)
+        time.sleep(0.25)
+        _kill_worker(ex, 2)
+        try:
+            assert fut.result(timeout=60) == 256  # the dead worker may have held nothing
+        except WorkerLostError as e:
+            assert "died" in str(e)
+        assert ex.submit(tree, 3, 0.0).result(timeout=60) == 8
+
+
+def test_all_workers_lost_breaks_the_pool_instead_of_hanging() -> None:
+    from dtm_executor import BrokenDTMExecutor
+
+    ex = DTMExecutor(1)
+    try:
+        fut = ex.submit(time.sleep, 30)
+        time.sleep(0.3)
+        _kill_worker(ex, 1)
+        with pytest.raises((BrokenDTMExecutor, WorkerLostError)):
+            fut.result(timeout=30)
+        with pytest.raises(BrokenDTMExecutor):
+            ex.submit(abs, 1)
+    finally:
+        ex.shutdown(wait=False)
