@@ -148,6 +148,19 @@ class DTMExecutor(Executor):
         else:
             threading.Thread(target=self._wait_and_close, name="dtm-shutdown", daemon=True).start()
 
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool | None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and not self._nested:
+            self._terminate("interrupted (KeyboardInterrupt)")  # Ctrl-C: stop now, do not drain
+            return None
+        return super().__exit__(exc_type, exc_val, exc_tb)
+
+    def _terminate(self, why: str) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._hub.cancel_pending()
+        self._node._fail_all(BrokenDTMExecutor(f"the executor was stopped: {why}"))
+        _teardown(self._node, self._pool, grace=0.0)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (current_executor, ())
 
@@ -207,17 +220,19 @@ def _choose_transport(transport: str) -> str:
     return transport
 
 
-def _teardown(node: Node, pool: _local.LocalPool) -> None:
+def _teardown(node: Node, pool: Any, grace: float = 5.0) -> None:
     if node.closed:
         return
     for w in node.workers:
+        if w == node.rank:
+            continue
         try:
             node.send(w, (SHUTDOWN,))
         except Exception:  # noqa: BLE001
             pass
-    node.flush_sends(2.0)
+    node.flush_sends(min(grace, 2.0))
     node.close()
-    pool.join(5.0)
+    pool.join(grace)
     pool.transport.close()
 
 
