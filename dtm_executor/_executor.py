@@ -66,6 +66,8 @@ class DTMExecutor(Executor):
         initargs: tuple[Any, ...] = (),
         max_threads: int = 16,
         max_retries: int = 3,
+        print_summary: bool = False,
+        trace_dir: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
         if self._nested:
@@ -93,7 +95,9 @@ class DTMExecutor(Executor):
             init_blob = cloudpickle.dumps((initializer, tuple(initargs)), 5)
         except Exception as e:
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
-        opts = {"max_threads": max_threads}
+        opts = {"max_threads": max_threads, "trace": trace_dir is not None}
+        self._print_summary = bool(print_summary)
+        self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
         pool_options = dict(options)
         self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
         for key in pool_options:
@@ -106,10 +110,12 @@ class DTMExecutor(Executor):
         self._hub = node.hub
         node.on_lost = self._on_worker_lost
         node.max_retries = max_retries
+        if trace_dir is not None:
+            node.trace = []
         node.start()
         _live.add(self)
         _last_created[:] = [weakref.ref(self)]
-        self._finalizer = weakref.finalize(self, _teardown, node, self._pool)
+        self._finalizer = weakref.finalize(self, _teardown, node, self._pool, 1.0)
 
     # -- Executor interface --------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -194,10 +200,25 @@ class DTMExecutor(Executor):
         with hub.lock:
             while hub.outstanding > 0 and self._node.broken is None:
                 hub.all_done.wait(0.5)
-        _teardown(self._node, self._pool)
+        want_reports = self._print_summary or self._trace_dir is not None
+        reports = _teardown(self._node, self._pool, report_timeout=5.0 if want_reports else 0.0)
+        if reports is not None and want_reports:
+            self._emit_reports(reports)
+
+    def _emit_reports(self, reports: dict[int, Any]) -> None:
+        import sys
+
+        from . import _report
+
+        if self._print_summary:
+            sys.stdout.write(_report.format_summary(reports) + "\n")
+            sys.stdout.flush()
+        if self._trace_dir is not None:
+            files = _report.write_trace(self._trace_dir, reports)
+            log.info("trace written: %s", ", ".join(files))
 
     def _on_worker_lost(self, rank: int) -> None:
-        if self._node.closed:
+        if self._node.closed or self._node.stopping:
             return
         describe = getattr(self._pool, "describe", None)
         who = describe(rank) if describe is not None else f"worker rank {rank}"
@@ -220,20 +241,25 @@ def _choose_transport(transport: str) -> str:
     return transport
 
 
-def _teardown(node: Node, pool: Any, grace: float = 5.0) -> None:
+def _teardown(node: Node, pool: Any, grace: float = 5.0, report_timeout: float = 0.0) -> dict[int, Any] | None:
+    """Stop the workers; with ``report_timeout``, first collect their stats/trace reports."""
     if node.closed:
-        return
-    for w in node.workers:
-        if w == node.rank:
-            continue
+        return None
+    remote = [w for w in node.workers if w != node.rank]
+    node.stopping = True  # workers closing their connections now is not a failure
+    for w in remote:
         try:
             node.send(w, (SHUTDOWN,))
         except Exception:  # noqa: BLE001
             pass
+    reports = node.collect_reports(remote, report_timeout) if report_timeout > 0 else {}
     node.flush_sends(min(grace, 2.0))
+    own = node.stats_report()
     node.close()
     pool.join(grace)
     pool.transport.close()
+    reports.setdefault(node.rank, (own, node.trace))
+    return reports
 
 
 def _nested_handle(worker: _runtime.Worker) -> DTMExecutor:

@@ -310,6 +310,9 @@ def worker_main() -> None:
         max_threads=options.get("max_threads", 16),
     )
 
+    if options.get("trace"):
+        node.trace = []
+
     def stop() -> None:
         node.flush_sends(2.0)
         _exit_now(0)

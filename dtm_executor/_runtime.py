@@ -55,7 +55,7 @@ class WorkerLostError(Exception):
 class _Task:
     __slots__ = (
         "owner", "tid", "kind", "fn", "args", "kwargs", "fid", "fnblob", "blob", "bufs",
-        "future", "depth", "state", "home", "where", "retries",
+        "future", "depth", "state", "home", "where", "retries", "parent",
     )
 
     def __init__(self, owner: int, tid: int, kind: int, depth: int) -> None:
@@ -75,6 +75,7 @@ class _Task:
         self.home: Worker | None = None
         self.where = -1  # rank the task was sent to, for owned tasks
         self.retries = 0
+        self.parent: tuple[int, int] | None = None  # (owner, tid) of the submitting task
 
     def label(self) -> str:
         name = fn_name(self.fn) if self.fn is not None else "?"
@@ -134,6 +135,7 @@ class Node:
         self._send_cv = threading.Condition(threading.Lock())
         self._local: collections.deque[list[Any]] = collections.deque()
         self.closed = False
+        self.stopping = False
         self.broken: BaseException | None = None
         self.on_lost: Callable[[int], None] | None = None
         self.max_retries = 3
@@ -143,7 +145,13 @@ class Node:
         self.worker = Worker(self, max_threads) if worker else None
         self.hub = Hub(self) if hub else None
         self._threads: list[threading.Thread] = []
-        self.stats = collections.Counter()
+        self.msgs_sent = 0
+        self.bytes_sent = 0
+        #: trace events of this rank (None: tracing off); see _report.py for their shapes
+        self.trace: list[tuple[Any, ...]] | None = None
+        #: rank -> (stats, trace) reported by workers as they stop
+        self.reports: dict[int, tuple[dict[str, Any], Any]] = {}
+        self.reports_cv = threading.Condition()
 
     def next_tid(self) -> int:
         return next(self._tids)
@@ -173,7 +181,11 @@ class Node:
             for dest, frames in batch:
                 try:
                     self.transport.send(dest, frames)
-                    self.stats["msgs"] += 1
+                    self.msgs_sent += 1
+                    nbytes = sum(memoryview(f).nbytes for f in frames)
+                    self.bytes_sent += nbytes
+                    if self.trace is not None:
+                        self.trace.append(("msg", time.time(), dest, nbytes))
                 except Exception as e:  # noqa: BLE001 - a lost peer is reported by recv
                     if not self.closed:
                         log.debug("send to rank %d failed: %s", dest, e)
@@ -242,9 +254,15 @@ class Node:
             if self.hub is not None:
                 self.hub.on_havework(src)
         elif kind == SHUTDOWN:
+            if self.worker is not None and src != self.rank:
+                self.send(src, (STOPPED, self.stats_report(), self.trace))
             self.closed = True
             if self.on_stop is not None:
                 self.on_stop()
+        elif kind == STOPPED:
+            with self.reports_cv:
+                self.reports[src] = (msg[1], msg[2])
+                self.reports_cv.notify_all()
         elif kind == LOST:
             self.worker_lost(msg[1], msg[2])
         elif kind == INITFAIL:
@@ -253,6 +271,27 @@ class Node:
             self._fail_all(_B(f"worker rank {src} could not start:\n{msg[1]}"))
         else:  # pragma: no cover
             log.error("unknown message kind %r from rank %d", kind, src)
+
+    def stats_report(self) -> dict[str, Any]:
+        w = self.worker
+        rep: dict[str, Any] = {"rank": self.rank, "pid": os.getpid(), "host": _hostname(),
+                               "msgs_sent": self.msgs_sent, "bytes_sent": self.bytes_sent}
+        if w is not None:
+            rep.update(tasks_run=w.tasks_run, busy=w.busy_time, stolen=w.tasks_stolen,
+                       started=w.started, peak_threads=w.peak_threads,
+                       functions=_by_name(w.fn_stats.values()))
+        return rep
+
+    def collect_reports(self, ranks: list[int], timeout: float) -> dict[int, tuple[dict[str, Any], Any]]:
+        """Wait (bounded) for the STOPPED reports of ``ranks``."""
+        end = time.monotonic() + timeout
+        with self.reports_cv:
+            while any(r not in self.reports and r not in self.dead for r in ranks):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self.reports_cv.wait(left)
+            return dict(self.reports)
 
     # -- losing a worker -----------------------------------------------------------------
     def worker_lost(self, rank: int, who: str) -> None:
@@ -373,6 +412,22 @@ class Node:
             time.sleep(0.001)
 
 
+def _by_name(rows: Iterable[list[Any]]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for name, count, total, items in rows:
+        acc = out.setdefault(name, [0, 0.0, 0])
+        acc[0] += count
+        acc[1] += total
+        acc[2] += items
+    return out
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
     try:
         if ok:
@@ -422,7 +477,11 @@ class Worker:
         self._out_since = 0.0
         self.tasks_run = 0
         self.tasks_stolen = 0
-        self.busy_time = 0.0
+        self.busy_time = 0.0  # time some thread held the token
+        self._tok_t = 0.0
+        self.started = time.time()
+        #: function key -> [name, count, total seconds, items]
+        self.fn_stats: dict[Any, list[Any]] = {}
 
     # -- threads -------------------------------------------------------------------------
     def start(self) -> None:
@@ -471,12 +530,14 @@ class Worker:
                     task = self._pop_locked()
                     if task is not None:
                         self.token = me
+                        self._tok_t = _perf()
                         cv.release()
                         try:
                             self._execute(task)
                         finally:
                             cv.acquire()
                         self.token = None
+                        self.busy_time += _perf() - self._tok_t
                         if self.resumable:
                             cv.notify_all()
                         continue
@@ -542,8 +603,9 @@ class Worker:
         fc = self.node.fncache
         pos = 1
         tasks = []
-        for owner, tid, fid, fnblob, blob, nb, depth, kind in descs:
+        for owner, tid, fid, fnblob, blob, nb, depth, kind, parent in descs:
             t = _Task(owner, tid, kind, depth)
+            t.parent = parent
             t.fid = fid
             t.fnblob = fc.incoming(src, fid, fnblob)
             t.blob = blob
@@ -597,6 +659,8 @@ class Worker:
         if not grab:
             self.node.send(0, (NOWORK, thief))
             return
+        if self.node.trace is not None:
+            self.node.trace.append(("steal", time.time(), thief, len(grab)))
         self._send_tasks(thief, grab)
 
     def _send_tasks(self, thief: int, grab: list[_Task]) -> None:
@@ -630,7 +694,8 @@ class Worker:
                 t.where = thief
                 with node.owned_lock:
                     node.owned[t.tid] = t
-            descs.append((t.owner, t.tid, t.fid, fc.outgoing(thief, t.fid, t.fnblob), t.blob, len(t.bufs), t.depth, t.kind))
+            descs.append((t.owner, t.tid, t.fid, fc.outgoing(thief, t.fid, t.fnblob), t.blob,
+                          len(t.bufs), t.depth, t.kind, t.parent))
             bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
         if not descs:
             node.send(0, (NOWORK, thief))
@@ -684,6 +749,9 @@ class Worker:
                 return
         stack = tls.tasks
         stack.append(task)
+        tracing = self.node.trace is not None
+        if tracing:
+            wall0 = time.time()
         t0 = _perf()
         try:
             try:
@@ -705,8 +773,17 @@ class Worker:
             stack.pop()
         dur = _perf() - t0
         self.tasks_run += 1
-        self.busy_time += dur
         n = len(task.args[0]) if task.kind == CHUNK and ok else 1
+        key = task.fid if task.fid is not None else id(task.fn)
+        st = self.fn_stats.get(key)
+        if st is None:
+            st = self.fn_stats[key] = [fn_name(task.fn) if task.fn is not None else "?", 0, 0.0, 0]
+        st[1] += 1
+        st[2] += dur
+        st[3] += n
+        if tracing:
+            self.node.trace.append(("task", wall0, dur, task.owner, task.tid, task.parent, st[0],
+                                    threading.current_thread().name, ok, n, len(stack)))
         per = dur / max(1, n)
         self.dur = per * n if self.dur is None else 0.8 * self.dur + 0.2 * dur
         self.want = max(1, min(1024, math.ceil(0.002 / max(self.dur, 1e-6))))
@@ -816,8 +893,12 @@ class Worker:
                 if self.resumable or self.idle > 0 or self.nthreads < self.max_threads:
                     # suspend: give the token away, come back when pred() holds
                     self.token = None
+                    self.busy_time += _perf() - self._tok_t
                     self.blocked += 1
                     self.peak_blocked = max(self.peak_blocked, self.blocked)
+                    if self.node.trace is not None:
+                        cur = tls.tasks[-1] if tls.tasks else None
+                        wait0 = time.time()
                     self._maybe_spawn_locked()
                     self._report_idle_locked()
                     cv.notify_all()
@@ -839,13 +920,18 @@ class Worker:
                             self.sleepers -= 1
                         self.resumable.popleft()
                         self.token = me
+                        self._tok_t = _perf()
                     finally:
                         self.blocked -= 1
+                    if self.node.trace is not None:
+                        self.node.trace.append(("wait", wait0, time.time() - wait0,
+                                                (cur.owner, cur.tid) if cur else None, me.name))
                     continue
                 # at the thread cap: lend this thread (and its stack) to queued work
                 task = self._pop_locked()
                 if task is None:
                     self.token = None
+                    self.busy_time += _perf() - self._tok_t
                     self._report_idle_locked()
                     self.sleepers += 1
                     while not pred() and not (self.nqueued and self.token is None and not self.resumable and self.idle == 0):
@@ -860,6 +946,7 @@ class Worker:
                         self.sleepers -= 1
                     self.resumable.popleft()
                     self.token = me
+                    self._tok_t = _perf()
                     continue
             finally:
                 cv.release()
@@ -879,8 +966,14 @@ class Worker:
     # -- submitting nested work ----------------------------------------------------------
     def submit(self, fn: Callable[..., Any], args: Any, kwargs: dict[str, Any], kind: int = CALL) -> DTMFuture:
         stack = getattr(tls, "tasks", None)
-        depth = stack[-1].depth + 1 if stack else 1
+        if stack:
+            top = stack[-1]
+            depth = top.depth + 1
+            parent: tuple[int, int] | None = (top.owner, top.tid)
+        else:
+            depth, parent = 1, None
         t = _Task(self.rank, self.node.next_tid(), kind, depth)
+        t.parent = parent
         t.fn = fn
         t.args = args
         t.kwargs = kwargs
@@ -1059,7 +1152,8 @@ class Hub:
             t.where = w
             with node.owned_lock:
                 node.owned[t.tid] = t
-            descs.append((t.owner, t.tid, t.fid, fc.outgoing(w, t.fid, t.fnblob), t.blob, len(t.bufs), 0, t.kind))
+            descs.append((t.owner, t.tid, t.fid, fc.outgoing(w, t.fid, t.fnblob), t.blob,
+                          len(t.bufs), 0, t.kind, None))
             bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
         node.send(w, (TASKS, descs), bufs)
 

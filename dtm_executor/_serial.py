@@ -72,6 +72,8 @@ def fn_name(fn: Any) -> str:
     if name is None:
         return describe(fn, 40)
     mod = getattr(fn, "__module__", None)
+    if mod == "__mp_main__":  # the user's script, as imported on workers
+        mod = "__main__"
     return f"{mod}.{name}" if mod and mod != "builtins" else str(name)
 
 
