@@ -208,7 +208,7 @@ class LocalPool:
                     cmd, pass_fds=(b.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True
                 )
                 b.close()
-                ch = _Channel(a)
+                ch = _Channel(a, pass_fds=True)
                 ch.send(0, [pickle.dumps(rank), head, init_blob])
                 self.procs[rank] = proc
                 self.transport.add(rank, ch)
@@ -273,7 +273,9 @@ def worker_main() -> None:
     """Entry point of a local worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     fd = int(os.environ.pop(_ENV_FD))
-    ch = _Channel(socket.socket(fileno=fd))
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)  # a process a task forks must not keep rank 0's connection open
+    ch = _Channel(sock, pass_fds=True)
     try:
         _, frames = ch.recv()
     except (EOFError, OSError):

@@ -7,6 +7,8 @@ written from their own memory and read into a buffer the unpickler can use witho
 
 from __future__ import annotations
 
+import array
+import mmap
 import os
 import select
 import socket
@@ -21,6 +23,10 @@ Received = tuple[int, Union[list[memoryview], None]]
 
 _HDR = struct.Struct("<iI")  # peer rank, number of frames
 _LEN = struct.Struct("<Q")
+_FD_FRAME = 1 << 63  # length flag: this frame travels as a memory file descriptor
+#: frames at least this big go through shared memory on local channels (one copy, not three)
+SHM_MIN = 1 << 20
+_MAX_FDS = 64
 
 
 class TransportClosed(Exception):
@@ -58,13 +64,16 @@ class FrameError(Exception):
 class _Channel:
     """One stream socket carrying length-prefixed frame lists; sends are serialised by a lock."""
 
-    __slots__ = ("sock", "_lock", "max_frame", "closed")
+    __slots__ = ("sock", "_lock", "max_frame", "closed", "pass_fds")
 
-    def __init__(self, sock: socket.socket, max_frame: int = 1 << 40) -> None:
+    def __init__(self, sock: socket.socket, max_frame: int = 1 << 40, pass_fds: bool = False) -> None:
         self.sock = sock
         self._lock = threading.Lock()
         self.max_frame = max_frame
         self.closed = False
+        # Large frames between local processes go in a memfd passed with SCM_RIGHTS: the sender
+        # copies once into it, the receiver maps it (copy-on-write) and unpickles in place.
+        self.pass_fds = pass_fds and hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
         sock.setblocking(True)
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
@@ -75,35 +84,69 @@ class _Channel:
     def send(self, peer: int, frames: Sequence[Buffer]) -> None:
         parts: list[Buffer] = [_HDR.pack(peer, len(frames))]
         views = [memoryview(f).cast("B") for f in frames]
-        parts.extend(_LEN.pack(v.nbytes) for v in views)
-        head = b"".join(parts)  # type: ignore[arg-type]
-        out: list[memoryview] = [memoryview(head)] + [v for v in views if v.nbytes]
-        with self._lock:
-            if self.closed:
-                raise OSError("channel closed")
-            _sendmsg_all(self.sock, out)
+        fds: list[int] = []
+        body: list[memoryview] = []
+        try:
+            for v in views:
+                if self.pass_fds and v.nbytes >= SHM_MIN and len(fds) < _MAX_FDS:
+                    fds.append(_to_memfd(v))
+                    parts.append(_LEN.pack(_FD_FRAME | v.nbytes))
+                else:
+                    parts.append(_LEN.pack(v.nbytes))
+                    if v.nbytes:
+                        body.append(v)
+            head = memoryview(b"".join(parts))  # type: ignore[arg-type]
+            with self._lock:
+                if self.closed:
+                    raise OSError("channel closed")
+                if fds:
+                    sent = self.sock.sendmsg(
+                        [head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    )
+                    _sendmsg_all(self.sock, [head[sent:]] + body)
+                else:
+                    _sendmsg_all(self.sock, [head] + body)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def recv(self) -> tuple[int, list[memoryview]]:
         """Block until one complete frame list has arrived; EOF raises `EOFError`."""
-        head = _recv_exact(self.sock, _HDR.size)
-        peer, n = _HDR.unpack(head)
-        if n > 1 << 20:
-            raise FrameError(f"frame count {n} exceeds the limit")
-        sizes_raw = _recv_exact(self.sock, _LEN.size * n)
-        sizes = [s for (s,) in _LEN.iter_unpack(sizes_raw)]
-        total = sum(sizes)
-        if any(s > self.max_frame for s in sizes):
-            raise FrameError(f"frame of {max(sizes)} bytes exceeds the limit of {self.max_frame}")
-        buf = bytearray(total)
-        if total:
-            _recv_into_exact(self.sock, memoryview(buf))
-        view = memoryview(buf)
-        frames = []
-        pos = 0
-        for s in sizes:
-            frames.append(view[pos : pos + s])
-            pos += s
-        return peer, frames
+        fds: list[int] = []
+        if self.pass_fds:
+            head, fds = _recv_exact_fds(self.sock, _HDR.size)
+        else:
+            head = _recv_exact(self.sock, _HDR.size)
+        try:
+            peer, n = _HDR.unpack(head)
+            if n > 1 << 20:
+                raise FrameError(f"frame count {n} exceeds the limit")
+            sizes_raw = _recv_exact(self.sock, _LEN.size * n)
+            sizes = [s for (s,) in _LEN.iter_unpack(sizes_raw)]
+            inline = [s for s in sizes if not s & _FD_FRAME]
+            if any(s & ~_FD_FRAME > self.max_frame for s in sizes):
+                raise FrameError(f"frame of {max(sizes) & ~_FD_FRAME} bytes exceeds the limit of {self.max_frame}")
+            if sum(1 for s in sizes if s & _FD_FRAME) != len(fds):
+                raise FrameError("shared-memory frames and passed descriptors do not match")
+            total = sum(inline)
+            buf = bytearray(total)
+            if total:
+                _recv_into_exact(self.sock, memoryview(buf))
+            view = memoryview(buf)
+            frames = []
+            pos = 0
+            fd_iter = iter(fds)
+            for s in sizes:
+                if s & _FD_FRAME:
+                    size = s & ~_FD_FRAME
+                    frames.append(memoryview(mmap.mmap(next(fd_iter), size, flags=mmap.MAP_PRIVATE)))
+                else:
+                    frames.append(view[pos : pos + s])
+                    pos += s
+            return peer, frames
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def close(self) -> None:
         self.closed = True
@@ -125,6 +168,37 @@ def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
             else:
                 views[0] = first[sent:]
                 sent = 0
+
+
+def _to_memfd(view: memoryview) -> int:
+    fd = os.memfd_create("dtm-frame", os.MFD_CLOEXEC)
+    try:
+        done = 0
+        while done < view.nbytes:
+            done += os.write(fd, view[done:])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _recv_exact_fds(sock: socket.socket, n: int) -> tuple[bytes, list[int]]:
+    """Read ``n`` bytes and the descriptors passed along with them."""
+    fds: list[int] = []
+    buf = b""
+    while len(buf) < n:
+        data, anc, _flags, _addr = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(_MAX_FDS * 4))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
+                fds.extend(arr)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("peer closed the connection")
+        buf += data
+    return buf, fds
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
