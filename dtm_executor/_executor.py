@@ -50,6 +50,7 @@ class DTMExecutor(Executor):
     """
 
     _nested = False
+    _show_progress = False  # nested handles (inside tasks) never draw progress bars
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "DTMExecutor":
         w = executing_worker()
@@ -67,6 +68,7 @@ class DTMExecutor(Executor):
         max_threads: int = 16,
         max_retries: int = 3,
         print_summary: bool = False,
+        progress: bool = False,
         trace_dir: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
@@ -97,6 +99,7 @@ class DTMExecutor(Executor):
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
         opts = {"max_threads": max_threads, "trace": trace_dir is not None}
         self._print_summary = bool(print_summary)
+        self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
         pool_options = dict(options)
         self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
@@ -136,7 +139,8 @@ class DTMExecutor(Executor):
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
-            self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers()
+            self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers(),
+            progress=_progress_start() if self._show_progress else None,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -231,6 +235,12 @@ class DTMExecutor(Executor):
 #: object with ``transport``, ``workers`` (ranks that execute tasks), ``local_worker`` (whether
 #: rank 0 executes tasks too), ``exit_status(rank)``, ``join(timeout)`` and ``kill()``.
 _POOLS: dict[str, Callable[..., Any]] = {"local": _local.LocalPool}
+
+
+def _progress_start() -> Callable[[Any, int | None], Any]:
+    from . import _progress
+
+    return _progress.start
 
 
 def _choose_transport(transport: str) -> str:

@@ -70,8 +70,12 @@ def chunked_map(
     chunksize: int | None,
     nworkers: int,
     granularity: float = 0.0,
+    progress: Callable[[Any, int | None], Any] | None = None,
 ) -> Iterator[Any]:
-    """Start the map now (like the standard library) and return its ordered result iterator."""
+    """Start the map now (like the standard library) and return its ordered result iterator.
+
+    ``progress(fn, total)``, when given, makes a bar (``update(n)``, ``close()``) that counts the
+    items whose results reached the consumer."""
     if chunksize is not None and chunksize < 1:
         raise ValueError("chunksize must be >= 1.")
     end = None if timeout is None else time.monotonic() + timeout
@@ -98,6 +102,7 @@ def chunked_map(
     fill()
 
     def results() -> Iterator[Any]:
+        bar = None if progress is None else progress(fn, remaining)
         try:
             while window:
                 fut, n = window[0]
@@ -106,6 +111,8 @@ def chunked_map(
                 else:
                     values, errs = fut.result(end - time.monotonic())
                 window.pop(0)
+                if bar is not None:
+                    bar.update(errs[0][0] if errs else n)
                 sizer.observe(n, getattr(fut, "_dtm_dur", 0.0))
                 fill()
                 if errs:
@@ -116,5 +123,7 @@ def chunked_map(
         finally:
             for fut, _ in window:
                 fut.cancel()
+            if bar is not None:
+                bar.close()
 
     return results()

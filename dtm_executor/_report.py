@@ -39,19 +39,21 @@ def format_summary(reports: Reports, ended: float | None = None) -> str:
         s, _ = reports[rank]
         if "tasks_run" not in s:
             continue
-        span = max(1e-9, ended - s.get("started", ended))
-        busy = 100.0 * s.get("busy", 0.0) / span
+        busy = "-"  # unknown without the worker's start time
+        if s.get("started") is not None:
+            busy = f"{100.0 * s.get('busy', 0.0) / max(1e-9, ended - s['started']):.1f}"
         who = f"rank {rank} ({s.get('host', '?')}:{s.get('pid', '?')})"
         lines.append(
-            f"{who[:28]:<28} {s['tasks_run']:>8} {busy:>7.1f} {s.get('stolen', 0):>7} "
+            f"{who[:28]:<28} {s['tasks_run']:>8} {busy:>7} {s.get('stolen', 0):>7} "
             f"{s.get('msgs_sent', 0):>8} {s.get('bytes_sent', 0) / 1e6:>9.2f} {s.get('peak_threads', 0):>7}"
         )
     lines += ["", "* inclusive: a task's time includes the children it ran inline and its waits"]
     return "\n".join(lines)
 
 
-def write_trace(directory: str, reports: Reports) -> list[str]:
+def write_trace(directory: str, reports: Reports, ended: float | None = None) -> list[str]:
     """Write ``log<rank>.xml`` per rank (DTM's layout) and one ``trace.json`` (Chrome format)."""
+    ended = time.time() if ended is None else ended
     os.makedirs(directory, exist_ok=True)
     written = []
     t0 = min((ev[1] for _, tr in reports.values() if tr for ev in tr), default=time.time())
@@ -61,9 +63,9 @@ def write_trace(directory: str, reports: Reports) -> list[str]:
         trace = trace or []
         path = os.path.join(directory, f"log{rank}.xml")
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(_xml(rank, stats, trace))
+            fh.write(_xml(rank, stats, trace, ended))
         written.append(path)
-        chrome.append({"ph": "M", "name": "process_name", "pid": rank, "tid": 0,
+        chrome.append({"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "ts": 0,
                        "args": {"name": f"rank {rank} ({stats.get('host', '?')} pid {stats.get('pid', '?')})"}})
         for ev in trace:
             chrome.extend(_chrome(rank, ev, t0))
@@ -74,7 +76,7 @@ def write_trace(directory: str, reports: Reports) -> list[str]:
         if ev.get("ph") != "M":
             key = (ev["pid"], str(ev["tid"]))
             ev["tid"] = tids.setdefault(key, len(tids) + 1)
-    chrome.extend({"ph": "M", "name": "thread_name", "pid": pid, "tid": num, "args": {"name": name}}
+    chrome.extend({"ph": "M", "name": "thread_name", "pid": pid, "tid": num, "ts": 0, "args": {"name": name}}
                   for (pid, name), num in tids.items())
     path = os.path.join(directory, "trace.json")
     with open(path, "w", encoding="utf-8") as fh:
@@ -135,7 +137,7 @@ def _chrome(rank: int, ev: tuple[Any, ...], t0: float) -> list[dict[str, Any]]:
     return []
 
 
-def _xml(rank: int, stats: dict[str, Any], trace: list[tuple[Any, ...]]) -> str:
+def _xml(rank: int, stats: dict[str, Any], trace: list[tuple[Any, ...]], ended: float) -> str:
     out = ['<?xml version="1.0" encoding="utf-8"?>', f'<dtm worker="{rank}" host={quoteattr(str(stats.get("host", "")))} pid="{stats.get("pid", "")}">']
     out.append("  <tasksLog>")
     for ev in trace:
@@ -145,7 +147,7 @@ def _xml(rank: int, stats: dict[str, Any], trace: list[tuple[Any, ...]]) -> str:
             out.append(
                 f'    <task id="{owner}:{tid}" creator={quoteattr(ptxt)} creatorWorker="{parent[0] if parent else 0}" '
                 f'function={quoteattr(str(name))} start="{start:.6f}" duration="{dur:.6f}" '
-                f'thread={quoteattr(str(thread))} ok="{int(bool(ok))}" items="{items}"/>'
+                f'thread={quoteattr(str(thread))} ok="{int(bool(ok))}" items="{items}" inlineDepth="{depth}"/>'
             )
         elif ev[0] == "wait":
             _, start, dur, task, thread = ev
@@ -166,8 +168,9 @@ def _xml(rank: int, stats: dict[str, Any], trace: list[tuple[Any, ...]]) -> str:
     for name, (count, total, items) in sorted(stats.get("functions", {}).items()):
         out.append(f'    <function name={quoteattr(str(name))} count="{count}" items="{items}" total="{total:.6f}"/>')
     out.append("  </statsLog>")
-    keys = ("tasks_run", "busy", "stolen", "msgs_sent", "bytes_sent", "peak_threads")
+    keys = ("tasks_run", "busy", "stolen", "msgs_sent", "bytes_sent", "peak_threads", "started")
     attrs = " ".join(f'{k}="{stats[k]}"' for k in keys if k in stats)
+    attrs += f' ended="{ended:.6f}"'  # with started: the span busy % is measured over
     out.append(f"  <finalStats {attrs}/>")
     out.append("</dtm>")
     return "\n".join(out) + "\n"
