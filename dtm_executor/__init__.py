@@ -22,3 +22,11 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name == "dtm":  # DEAP DTM's Control API: ``from dtm_executor import dtm``, loaded on use
+        import importlib
+
+        return importlib.import_module(".dtm", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import cloudpickle
 
-from . import _local, _map, _runtime
+from . import _local, _map, _options, _runtime
+from ._control import ControlMixin
 from ._futures import executing_worker
 from ._runtime import CALL, CHUNK, SHUTDOWN, Node
 
@@ -41,7 +42,7 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class DTMExecutor(Executor):
+class DTMExecutor(ControlMixin, Executor):
     """An `Executor` whose tasks may submit and wait on subtasks at any depth.
 
     ``DTMExecutor()`` inside a running task (or a `DTMExecutor` pickled into one) is the
@@ -90,6 +91,11 @@ class DTMExecutor(Executor):
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
         kind = _choose_transport(transport)
+        dtm_options = _options.take_executor_options(options, kind)  # DTM's names; bad value: ValueError
+        print_summary = print_summary or dtm_options.print_summary
+        if trace_dir is None and dtm_options.trace_mode:
+            trace_dir = dtm_options.trace_dir
+        self._granularity = dtm_options.task_granularity
         self._max_workers = max_workers
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -103,9 +109,7 @@ class DTMExecutor(Executor):
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
         pool_options = dict(options)
         self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
-        for key in pool_options:
-            self._pool.kill()
-            raise TypeError(f"DTMExecutor() got an unexpected keyword argument {key!r}")
+        _options.warn_unknown(pool_options)  # left by the pool too: a warning naming each
         node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
                     workers=list(self._pool.workers), max_threads=max_threads)
         self._max_workers = len(self._pool.workers)
@@ -139,7 +143,7 @@ class DTMExecutor(Executor):
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
-            self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers(),
+            self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers(), self._granularity,
             progress=_progress_start() if self._show_progress else None,
         )
 

@@ -1,0 +1,234 @@
+"""DTM's global options, in DTM's spellings and in Python style, normalized and validated once.
+
+``dtm.setOptions(taskGranularity=0.05)`` and ``DTMExecutor(task_granularity=0.05)`` mean the same
+thing; so do the legacy values (``communicationManager="deap.dtm.mpi4py"`` selects the MPI
+transport). An unknown option is a warning naming it (DTM ignored unknown options silently, which
+hid typos); a known option with a wrong value is a `ValueError`, raised where it was given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+#: Every accepted spelling -> the canonical (Python-style) name.
+_ALIASES: dict[str, str] = {
+    "communicationManager": "transport",
+    "communication_manager": "transport",
+    "transport": "transport",
+    "loadBalancer": "load_balancer",
+    "load_balancer": "load_balancer",
+    "printSummary": "print_summary",
+    "print_summary": "print_summary",
+    "setTraceMode": "trace_mode",
+    "set_trace_mode": "trace_mode",
+    "traceMode": "trace_mode",
+    "trace_mode": "trace_mode",
+    "traceDir": "trace_dir",
+    "trace_dir": "trace_dir",
+    "taskGranularity": "task_granularity",
+    "task_granularity": "task_granularity",
+}
+
+#: DTM's option name for each canonical name (for messages and the docs' table).
+DTM_NAMES = {
+    "transport": "communicationManager",
+    "load_balancer": "loadBalancer",
+    "print_summary": "printSummary",
+    "trace_mode": "setTraceMode",
+    "trace_dir": "traceDir",
+    "task_granularity": "taskGranularity",
+}
+
+#: Legacy communication managers -> transport names.
+_TRANSPORTS = {
+    "deap.dtm.mpi4py": "mpi",
+    "deap.dtm.commmanagermpi4py": "mpi",
+    "commmanagermpi4py": "mpi",
+    "mpi4py": "mpi",
+    "mpi": "mpi",
+    "deap.dtm.commmanagertcp": "tcp",
+    "commmanagertcp": "tcp",
+    "tcp": "tcp",
+    "local": "local",
+    "auto": "auto",
+}
+
+_BALANCERS = ("pdb", "deap.dtm.loadbalancerpdb", "loadbalancerpdb")
+
+#: `DTMExecutor` parameters that ``dtm.setOptions`` also accepts (passed through to it).
+EXECUTOR_PARAMS = ("max_workers", "max_threads", "max_retries", "initializer", "initargs")
+
+#: The default trace directory, as in DTM.
+DEFAULT_TRACE_DIR = "DtmLog"
+
+
+class DTMOptionWarning(UserWarning):
+    """An option was not understood (or has no effect here)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Normalized DTM options. ``None`` means "not given" (a later default applies)."""
+
+    transport: str | None = None
+    load_balancer: str = "PDB"
+    print_summary: bool = False
+    trace_mode: bool = False
+    trace_dir: str | None = None
+    task_granularity: float | None = None
+
+    def granularity(self) -> float:
+        return self.task_granularity or 0.0
+
+
+def canonical(name: str) -> str | None:
+    return _ALIASES.get(name)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):  # old code wrote printSummary=1
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, not {value!r}")
+
+
+def transport_name(value: Any, name: str = "communicationManager") -> str:
+    """Map a communication manager (DTM's module names too) to a transport name."""
+    from ._executor import _POOLS
+
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a string such as 'deap.dtm.mpi4py', not {value!r}")
+    got = _TRANSPORTS.get(value.lower())
+    if got is not None:
+        return got
+    if value in _POOLS:  # any other registered transport
+        return value
+    raise ValueError(
+        f"{name}={value!r} is not a communication manager: use 'deap.dtm.mpi4py' (transport 'mpi'), "
+        f"'deap.dtm.commManagerTCP' (transport 'tcp'), or one of {sorted(set(_POOLS) | {'auto'})}"
+    )
+
+
+def check(canon: str, value: Any, given_as: str | None = None) -> Any:
+    """Validate and normalize the value of one known option (``ValueError`` if wrong)."""
+    name = given_as or canon
+    if canon == "transport":
+        return transport_name(value, name)
+    if canon == "load_balancer":
+        if isinstance(value, str) and value.lower() in _BALANCERS:
+            return "PDB"
+        raise ValueError(
+            f"{name}={value!r}: only DTM's default 'PDB' is accepted (dtm_executor always balances "
+            "by work stealing)"
+        )
+    if canon in ("print_summary", "trace_mode"):
+        return _bool(name, value)
+    if canon == "trace_dir":
+        if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+            return os.fspath(value)
+        raise ValueError(f"{name} must be a directory path, not {value!r}")
+    if canon == "task_granularity":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        return float(value)
+    raise KeyError(canon)  # pragma: no cover - callers only pass known names
+
+
+def warn_unknown(names: Any, where: str = "DTMExecutor()", stacklevel: int = 3) -> None:
+    """One warning per unknown option, naming it (DTM ignored them: a typo went unnoticed)."""
+    for key in names:
+        warnings.warn(
+            f"{where}: unknown option {key!r} is ignored", DTMOptionWarning, stacklevel=stacklevel
+        )
+
+
+def take_executor_options(options: dict[str, Any], kind: str) -> Options:
+    """Pop the DTM options (either spelling) from `DTMExecutor`'s keyword options, checked (a bad
+    value is a ``ValueError``, before any worker starts). What is left belongs to the pool factory;
+    whatever it does not take either goes to `warn_unknown`. ``kind`` is the chosen transport."""
+    values: dict[str, Any] = {}
+    given: dict[str, tuple[str, Any]] = {}
+    for key in list(options):
+        canon = canonical(key)
+        if canon is None:
+            continue
+        value = options.pop(key)
+        if canon in values:
+            raise ValueError(f"option {given[canon][0]!r} given twice (as {key!r} too)")
+        values[canon] = check(canon, value, key)
+        given[canon] = (key, value)
+    if "transport" in values:
+        want = values.pop("transport")
+        if want not in (kind, "auto"):
+            key, value = given["transport"]
+            raise ValueError(
+                f"{key}={value!r} selects transport {want!r} but this executor uses {kind!r}: "
+                f"pass transport={want!r}"
+            )
+    return _finish(Options(**values))
+
+
+def _finish(opts: Options) -> Options:
+    if opts.trace_dir is not None and not opts.trace_mode:
+        warnings.warn(
+            "traceDir has no effect without setTraceMode=True", DTMOptionWarning, stacklevel=4
+        )
+    if opts.trace_mode and opts.trace_dir is None:
+        opts = replace(opts, trace_dir=DEFAULT_TRACE_DIR)
+    return opts
+
+
+# -- the process-wide options of `dtm.setOptions` ------------------------------------------
+_lock = threading.Lock()
+_global: dict[str, Any] = {}
+
+
+def set_global(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """``dtm.setOptions``: check known options now (so a wrong value fails where it is written),
+    keep everything for ``dtm.start``; unknown names are warned about when the executor starts
+    (a transport's own options are only known to it)."""
+    for a in args:
+        warnings.warn(
+            f"dtm.setOptions(): positional argument {a!r} is ignored (options are keywords)",
+            DTMOptionWarning, stacklevel=3,
+        )
+    checked: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        canon = canonical(key)
+        if canon is not None:
+            checked[canon] = check(canon, value, key)
+        else:
+            checked[key] = value
+    with _lock:
+        _global.update(checked)
+
+
+def global_options() -> dict[str, Any]:
+    with _lock:
+        return dict(_global)
+
+
+def reset_global() -> None:
+    with _lock:
+        _global.clear()
+
+
+def global_granularity() -> float:
+    """``taskGranularity`` as set by ``dtm.setOptions`` in this process (workers too, when the
+    script sets it at module level, as DTM programs do), for maps inside tasks."""
+    with _lock:
+        g = _global.get("task_granularity")
+    return g or 0.0
+
+
+def split_for_start(opts: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(transport or None, keyword arguments for `DTMExecutor`) from ``setOptions`` values."""
+    kw = dict(opts)
+    transport = kw.pop("transport", None)
+    return transport, kw

@@ -1,0 +1,137 @@
+"""Every program of DEAP DTM's guide, with only its import line changed, runs as a script and
+prints what the guide describes (examples/dtm_guide/*.py, run in subprocesses with timeouts)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dtm_executor import _executor
+
+GUIDE = Path(__file__).resolve().parent.parent / "examples" / "dtm_guide"
+TIMEOUT = 120
+
+pytestmark = pytest.mark.timeout(TIMEOUT + 30)
+
+
+def run(name: str, cwd: Path, *args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    cmd = [*(launcher or []), sys.executable, str(GUIDE / name), *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the script and every worker it started
+        out, err = proc.communicate()
+        pytest.fail(f"{name} did not finish in {TIMEOUT} s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def ok(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = run(name, cwd, *args)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stderr}"
+    return proc
+
+
+def test_the_examples_only_change_the_import_line():
+    scripts = sorted(GUIDE.glob("*.py"))
+    assert len(scripts) >= 8
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        imports = [
+            (node.module, [a.name for a in node.names]) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dtm_executor")
+        ]
+        assert imports == [("dtm_executor", ["dtm"])], (path.name, imports)
+        assert "start(" in path.read_text(), path.name
+
+
+def test_intro(tmp_path):
+    proc = ok("intro.py", tmp_path)
+    assert proc.stdout == "" and proc.stderr == ""
+
+
+def test_isolation_per_worker(tmp_path):
+    proc = ok("isolation.py", tmp_path)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Results : ["), proc.stdout
+    results = ast.literal_eval(lines[0][len("Results : "):])
+    # each worker process adds to its own `foo`: every result is its item plus the items that
+    # worker ran before it, so it is at least the item and at most the serial sum of all
+    assert len(results) == 30
+    assert all(i <= r <= sum(range(30)) for i, r in enumerate(results))
+    assert results[-1] >= 29
+
+
+def test_global_logfile(tmp_path):
+    ok("logfile.py", tmp_path)
+    assert (tmp_path / "myLogFile").exists()
+
+
+def test_nested_function_now_works(tmp_path):
+    proc = ok("nested_function.py", tmp_path)
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("name", ["active_waiting.py", "waiting.py"])
+def test_asynchronous_waiting(tmp_path, name):
+    proc = ok(name, tmp_path)
+    assert proc.stderr == ""
+
+
+def test_exceptions(tmp_path):
+    proc = run("exceptions.py", tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        "apply raised: bad item 3",
+        "map raised: bad item 3",
+        "successful: False",
+        "get raised: bad item 3",
+        "good map: [1, 2]",
+    ]
+    # the root task's exception is thrown by dtm.start and stops the run
+    assert proc.stderr.rstrip().endswith("RuntimeError: the root task failed")
+    # and each caught task exception was reported on stderr with its type and arguments
+    assert len(re.findall(r"raised ValueError: bad item 3", proc.stderr)) >= 3
+
+
+def test_tcp_backend_with_localhost_hostfile(tmp_path):
+    (tmp_path / "myHostFile").write_text("localhost slots=2\n")
+    proc = ok("tcp_localhost.py", tmp_path, "--dtmTCPhosts=myHostFile")
+    assert proc.stdout.splitlines() == ["999 results"]
+
+
+def test_deap_tutorial_onemax(tmp_path):
+    pytest.importorskip("deap")
+    proc = ok("deap_onemax.py", tmp_path)
+    m = re.fullmatch(r"Best individual has fitness (\d+)\n", proc.stdout)
+    assert m and int(m.group(1)) >= 90, proc.stdout
+
+
+@pytest.mark.skipif("mpi" not in _executor._POOLS, reason="the MPI transport is not installed")
+def test_guide_programs_under_mpiexec(tmp_path):
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    script = tmp_path / "mpi_isolation.py"
+    script.write_text((GUIDE / "isolation.py").read_text().replace(
+        "from dtm_executor import dtm\n",
+        "from dtm_executor import dtm\ndtm.setOptions(communicationManager='deap.dtm.mpi4py')\n",
+    ))
+    proc = subprocess.run([mpiexec, "-n", "3", sys.executable, str(script)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Results : [") == 1, proc.stdout  # only rank 0 runs the root task
+    # the guide's own command line, `mpirun -n * python myProgram.py`, on the unchanged intro
+    proc = subprocess.run([mpiexec, "-n", "3", sys.executable, str(GUIDE / "intro.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
