@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import pickle
@@ -115,14 +116,17 @@ class DTMExecutor(ControlMixin, Executor):
         self._max_workers = len(self._pool.workers)
         self._node = node
         self._hub = node.hub
-        node.on_lost = self._on_worker_lost
+        node.on_lost = functools.partial(_on_worker_lost, node, self._pool)  # no ref to self
         node.max_retries = max_retries
         if trace_dir is not None:
             node.trace = []
         node.start()
         _live.add(self)
         _last_created[:] = [weakref.ref(self)]
-        self._finalizer = weakref.finalize(self, _teardown, node, self._pool, 1.0)
+        _active[id(node)] = (node, self._pool)
+        # Dropped without shutdown: finish the submitted work, then stop (as the stdlib does).
+        self._finalizer = weakref.finalize(self, _drain_in_background, node, self._pool)
+        self._finalizer.atexit = False  # _at_exit drains every active pool itself
 
     # -- Executor interface --------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -204,10 +208,7 @@ class DTMExecutor(ControlMixin, Executor):
         return fut
 
     def _wait_and_close(self) -> None:
-        hub = self._hub
-        with hub.lock:
-            while hub.outstanding > 0 and self._node.broken is None:
-                hub.all_done.wait(0.5)
+        _drain(self._node)
         want_reports = self._print_summary or self._trace_dir is not None
         reports = _teardown(self._node, self._pool, report_timeout=5.0 if want_reports else 0.0)
         if reports is not None and want_reports:
@@ -225,13 +226,6 @@ class DTMExecutor(ControlMixin, Executor):
             files = _report.write_trace(self._trace_dir, reports)
             log.info("trace written: %s", ", ".join(files))
 
-    def _on_worker_lost(self, rank: int) -> None:
-        if self._node.closed or self._node.stopping:
-            return
-        describe = getattr(self._pool, "describe", None)
-        who = describe(rank) if describe is not None else f"worker rank {rank}"
-        log.warning("%s died; its tasks go to the surviving workers", who)
-        self._node.worker_lost(rank, who)
 
 
 #: Pool factories by transport name: ``factory(max_workers, opts, init_blob, options)`` (it pops
@@ -255,10 +249,41 @@ def _choose_transport(transport: str) -> str:
     return transport
 
 
+def _on_worker_lost(node: Node, pool: Any, rank: int) -> None:
+    if node.closed or node.stopping:
+        return
+    describe = getattr(pool, "describe", None)
+    who = describe(rank) if describe is not None else f"worker rank {rank}"
+    log.warning("%s died; its tasks go to the surviving workers", who)
+    node.worker_lost(rank, who)
+
+
+#: pools not torn down yet, by id(node): drained at interpreter exit
+_active: dict[int, tuple[Node, Any]] = {}
+
+
+def _drain(node: Node) -> None:
+    """Wait until every top-level task has settled (or the pool broke or stopped)."""
+    hub = node.hub
+    assert hub is not None
+    with hub.lock:
+        while hub.outstanding > 0 and node.broken is None and not node.closed:
+            hub.all_done.wait(0.5)
+
+
+def _drain_in_background(node: Node, pool: Any) -> None:
+    def run() -> None:
+        _drain(node)
+        _teardown(node, pool)
+
+    threading.Thread(target=run, name="dtm-drain", daemon=True).start()
+
+
 def _teardown(node: Node, pool: Any, grace: float = 5.0, report_timeout: float = 0.0) -> dict[int, Any] | None:
     """Stop the workers; with ``report_timeout``, first collect their stats/trace reports."""
     if node.closed:
         return None
+    _active.pop(id(node), None)
     remote = [w for w in node.workers if w != node.rank]
     node.stopping = True  # workers closing their connections now is not a failure
     for w in remote:
@@ -304,9 +329,10 @@ def current_executor() -> DTMExecutor:
 
 def _at_exit() -> None:
     _interpreter_exiting[0] = True
-    for ex in list(_live):
+    for node, pool in list(_active.values()):  # like the stdlib: finish submitted work first
         try:
-            ex.shutdown(wait=True)  # as the standard library's executors do
+            _drain(node)
+            _teardown(node, pool)
         except Exception:  # noqa: BLE001
             pass
 

@@ -115,11 +115,14 @@ def chunked_map(
                     bar.update(errs[0][0] if errs else n)
                 sizer.observe(n, getattr(fut, "_dtm_dur", 0.0))
                 fill()
+                fut = None
+                stop = errs[0][0] if errs else len(values)
+                del values[stop:]
+                values.reverse()
+                while values:  # pop as we go: the consumer may drop what it was given
+                    yield values.pop()
                 if errs:
-                    i, exc = errs[0]
-                    yield from values[:i]
-                    raise exc
-                yield from values
+                    raise errs[0][1]
         finally:
             for fut, _ in window:
                 fut.cancel()

@@ -35,6 +35,9 @@ log = logging.getLogger("dtm_executor")
 # message kinds
 TASKS, RESULTS, REQ, STEAL, NOWORK, HAVEWORK, SHUTDOWN, INITFAIL, STOPPED, LOST = range(1, 11)
 
+#: the longest a finished task's result waits to be batched with others (seconds)
+RESULT_DELAY = 0.002
+
 # task states
 QUEUED, CLAIMED, GONE = 0, 1, 2
 
@@ -171,13 +174,24 @@ class Node:
     def _sender(self) -> None:
         q = self._sendq
         while True:
+            late = False
             with self._send_cv:
                 while not q and not self.closed:
-                    self._send_cv.wait()
+                    w = self.worker
+                    if w is not None and w._out_n:  # results held for batching: 2 ms at most
+                        left = w._out_since + RESULT_DELAY - _perf()
+                        if left <= 0:
+                            late = True
+                            break
+                        self._send_cv.wait(left)
+                    else:
+                        self._send_cv.wait()
                 if not q and self.closed:
                     return
                 batch = list(q)
                 q.clear()
+            if late:
+                self.worker.flush_results()  # type: ignore[union-attr]
             for dest, frames in batch:
                 try:
                     self.transport.send(dest, frames)
@@ -691,9 +705,8 @@ class Worker:
                     continue
                 t.args = t.kwargs = None
             if t.owner == node.rank:
-                t.where = thief
-                with node.owned_lock:
-                    node.owned[t.tid] = t
+                with node.owned_lock:  # a hub task sent to this rank's own worker is owned already
+                    node.owned.setdefault(t.tid, t).where = thief
             descs.append((t.owner, t.tid, t.fid, fc.outgoing(thief, t.fid, t.fnblob), t.blob,
                           len(t.bufs), t.depth, t.kind, t.parent))
             bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
@@ -849,14 +862,18 @@ class Worker:
             box = self._out.get(task.owner)
             if box is None:
                 box = self._out[task.owner] = ([], [])
-            if self._out_n == 0:
+            first = self._out_n == 0
+            if first:
                 self._out_since = now
             box[0].append((task.tid, code, data, len(raw), dur))
             box[1].extend(raw)
             self._out_n += 1
-            flush = raw or self._out_n >= 256 or now - self._out_since > 0.002 or self.nqueued == 0
+            flush = raw or self._out_n >= 256 or now - self._out_since > RESULT_DELAY or self.nqueued == 0
         if flush:
             self.flush_results()
+        elif first:  # the sender thread flushes it if the next task runs long
+            with self.node._send_cv:
+                self.node._send_cv.notify()
 
     def flush_results(self) -> None:
         with self._out_lock:

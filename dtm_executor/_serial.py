@@ -12,6 +12,7 @@ import collections
 import pickle
 import sys
 import threading
+import weakref
 from typing import Any, Callable
 
 import cloudpickle
@@ -109,9 +110,9 @@ class FunctionCache:
     def __init__(self, rank: int, capacity: int = 1024) -> None:
         self._rank = rank
         self._cap = capacity
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # weakref callbacks may run inside a locked section
         self._count = 0
-        self._by_id: collections.OrderedDict[int, tuple[Any, tuple[int, int], bytes]] = (
+        self._by_id: collections.OrderedDict[int, tuple[weakref.ref[Any], tuple[int, int], bytes]] = (
             collections.OrderedDict()
         )
         self._sent: dict[int, collections.OrderedDict[tuple[int, int], None]] = {}
@@ -119,11 +120,15 @@ class FunctionCache:
         self._objs: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
 
     def pickle_fn(self, fn: Callable[..., Any]) -> tuple[tuple[int, int], bytes]:
-        """Return (fid, bytes) for a local function, pickling it on first use."""
+        """Return (fid, bytes) for a local function, pickling it on first use.
+
+        Entries hold the function weakly: the cache must not keep a bound method's object (or a
+        closure's captures) alive after the user dropped it.
+        """
         key = id(fn)
         with self._lock:
             hit = self._by_id.get(key)
-            if hit is not None and hit[0] is fn:
+            if hit is not None and hit[0]() is fn:
                 self._by_id.move_to_end(key)
                 return hit[1], hit[2]
         data, bufs = dumps(fn)
@@ -132,14 +137,20 @@ class FunctionCache:
         with self._lock:
             self._count += 1
             fid = (self._rank, self._count)
-            self._by_id[key] = (fn, fid, data)
-            self._objs[fid] = fn
+            try:
+                ref = weakref.ref(fn, lambda r, key=key: self._drop(key, r))
+            except TypeError:
+                return fid, data  # not weakly referenceable: not cached
+            self._by_id[key] = (ref, fid, data)
             if len(self._by_id) > self._cap:
-                _, (_, old, _) = self._by_id.popitem(last=False)
-                self._objs.pop(old, None)
-            if len(self._objs) > 4 * self._cap:
-                self._objs.popitem(last=False)
+                self._by_id.popitem(last=False)
         return fid, data
+
+    def _drop(self, key: int, ref: Any) -> None:
+        with self._lock:
+            hit = self._by_id.get(key)
+            if hit is not None and hit[0] is ref:
+                del self._by_id[key]
 
     def outgoing(self, dest: int, fid: tuple[int, int], data: bytes) -> bytes | None:
         """Bytes to include for ``fid`` in a message to ``dest`` (None if dest has it)."""
