@@ -235,6 +235,15 @@ class DTMExecutor(ControlMixin, Executor):
 _POOLS: dict[str, Callable[..., Any]] = {"local": _local.LocalPool}
 
 
+def _tcp_pool(*args: Any) -> Any:
+    from ._ssh import TcpPool  # imported when used: ssl and friends cost start-up time
+
+    return TcpPool(*args)
+
+
+_POOLS["tcp"] = _tcp_pool
+
+
 def _progress_start() -> Callable[[Any, int | None], Any]:
     from . import _progress
 

@@ -1,0 +1,907 @@
+"""TCP transport: authenticated, length-prefixed frame lists over a star of TCP connections.
+
+Topology: a star through rank 0, like the local transport. Every worker holds one connection to
+rank 0, which forwards frames between workers without unpickling them. Workers therefore need
+to reach rank 0 only (not each other), and rank 0 is the only listening socket of a run.
+
+Authentication: before any frame is parsed (let alone unpickled), each connection runs a mutual
+HMAC-SHA256 challenge-response over a random per-run secret, the way
+``multiprocessing.connection`` does with an authkey but with both sides challenging in one round
+trip and the worker's rank bound into the MACs::
+
+    rank 0 -> worker:  MAGIC | nonce0                                   (40 bytes)
+    worker -> rank 0:  MAGIC | rank | nonce1 | HMAC(k, "client"|nonce0|nonce1|rank)   (76 bytes)
+    rank 0 -> worker:  HMAC(k, "server"|nonce0|nonce1|rank)             (32 bytes)
+
+Fresh nonces on both sides defeat replay; the direction labels defeat reflection. Messages of
+the handshake have fixed sizes, are read under a deadline, and anything else closes the
+connection. The HMAC authenticates the *connection set-up*, not each later byte: for
+confidentiality and integrity on an untrusted network, turn on TLS (the ``ssl`` module, through
+memory BIOs so that reads and writes from different threads never share an ``SSLSocket``).
+
+Framing: ``<i peer><I count>``, ``count`` x ``<Q length>``, then the bodies. Frames are parsed
+incrementally from non-blocking sockets, so a half-sent frame from a dying or hostile peer never
+blocks rank 0; message size and frame count are capped (``max_frame_bytes``).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import hmac
+import logging
+import secrets
+import select
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from ._transport import Buffer, FrameError, Received, _Waker
+
+log = logging.getLogger("dtm_executor")
+
+_HDR = struct.Struct("<iI")  # peer rank, number of frames (as in _transport._Channel)
+_LEN = struct.Struct("<Q")
+
+MAGIC = b"DTMXTCP1"
+_NONCE = 32
+_MACLEN = 32
+_RANK = struct.Struct("<I")
+CHALLENGE_SIZE = len(MAGIC) + _NONCE
+RESPONSE_SIZE = len(MAGIC) + _RANK.size + _NONCE + _MACLEN
+REPLY_SIZE = _MACLEN
+
+#: Default cap on one message (all frames of one send), in bytes.
+DEFAULT_MAX_FRAME_BYTES = 1 << 32
+#: Cap on the number of frames in one message (a pickle plus its out-of-band buffers).
+MAX_FRAMES = 1 << 20
+_DIRECT = 1 << 16  # bodies with at least this much left are read straight into place
+
+
+class AuthError(ConnectionError):
+    """A peer failed the handshake (no key, wrong key, replay, or not our protocol)."""
+
+
+# -- handshake (pure: no I/O, so it can be fuzzed) ---------------------------------------------
+def _mac(secret: bytes, label: bytes, nonce0: bytes, nonce1: bytes, rank: int) -> bytes:
+    msg = b"dtm-executor/" + label + b"\0" + nonce0 + nonce1 + _RANK.pack(rank)
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def _check_secret(secret: bytes) -> bytes:
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
+        raise ValueError("the shared secret must be at least 16 bytes")
+    return bytes(secret)
+
+
+class ServerHandshake:
+    """Rank 0's side: issue a challenge, check the answer, prove the key in return."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = _check_secret(secret)
+        self.nonce = secrets.token_bytes(_NONCE)
+
+    def challenge(self) -> bytes:
+        return MAGIC + self.nonce
+
+    def check(self, response: bytes) -> tuple[int, bytes]:
+        """Return (claimed rank, reply) or raise `AuthError`."""
+        if len(response) != RESPONSE_SIZE or not response.startswith(MAGIC):
+            raise AuthError("not a dtm_executor handshake")
+        pos = len(MAGIC)
+        (rank,) = _RANK.unpack_from(response, pos)
+        pos += _RANK.size
+        nonce1 = bytes(response[pos : pos + _NONCE])
+        mac = bytes(response[pos + _NONCE :])
+        if hmac.compare_digest(nonce1, self.nonce):
+            raise AuthError("reflected challenge")
+        if not hmac.compare_digest(mac, _mac(self._secret, b"client", self.nonce, nonce1, rank)):
+            raise AuthError("wrong key")
+        return rank, _mac(self._secret, b"server", self.nonce, nonce1, rank)
+
+
+class ClientHandshake:
+    """A worker's side: answer rank 0's challenge with a challenge of its own, check the reply."""
+
+    def __init__(self, secret: bytes, rank: int) -> None:
+        self._secret = _check_secret(secret)
+        self.rank = rank
+        self.nonce = secrets.token_bytes(_NONCE)
+        self._nonce0: bytes | None = None
+
+    def respond(self, challenge: bytes) -> bytes:
+        if len(challenge) != CHALLENGE_SIZE or not challenge.startswith(MAGIC):
+            raise AuthError("the peer does not speak the dtm_executor protocol")
+        self._nonce0 = bytes(challenge[len(MAGIC) :])
+        if hmac.compare_digest(self._nonce0, self.nonce):
+            raise AuthError("reflected challenge")
+        mac = _mac(self._secret, b"client", self._nonce0, self.nonce, self.rank)
+        return MAGIC + _RANK.pack(self.rank) + self.nonce + mac
+
+    def check(self, reply: bytes) -> None:
+        if self._nonce0 is None:
+            raise AuthError("no challenge answered yet")
+        want = _mac(self._secret, b"server", self._nonce0, self.nonce, self.rank)
+        if len(reply) != REPLY_SIZE or not hmac.compare_digest(bytes(reply), want):
+            raise AuthError("rank 0 did not prove knowledge of the key")
+
+
+# -- frame parsing (pure as well) --------------------------------------------------------------
+class FrameParser:
+    """Incremental parser of frame lists: fed arbitrary chunks, yields complete messages.
+
+    Lengths are checked against the caps before anything is allocated for them; a violation
+    raises `FrameError` and the connection must be dropped (the stream cannot be resynchronised).
+    """
+
+    __slots__ = ("max_bytes", "max_frames", "_state", "_buf", "_have", "_peer", "_sizes", "_body", "_pos")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_frames: int = MAX_FRAMES) -> None:
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
+        self._state = 0  # 0: header, 1: length table, 2: bodies
+        self._buf = bytearray(_HDR.size)
+        self._have = 0
+        self._peer = 0
+        self._sizes: list[int] = []
+        self._body = bytearray()
+        self._pos = 0
+
+    @property
+    def mid_message(self) -> bool:
+        return self._state != 0 or self._have != 0
+
+    def feed(self, data: Buffer) -> list[tuple[int, list[memoryview]]]:
+        view = memoryview(data).cast("B")
+        out: list[tuple[int, list[memoryview]]] = []
+        i, n = 0, view.nbytes
+        while i < n:
+            if self._state == 2:
+                take = min(n - i, len(self._body) - self._pos)
+                self._body[self._pos : self._pos + take] = view[i : i + take]
+                self._pos += take
+                i += take
+                if self._pos == len(self._body):
+                    out.append(self._emit())
+                continue
+            need = len(self._buf) - self._have
+            take = min(need, n - i)
+            self._buf[self._have : self._have + take] = view[i : i + take]
+            self._have += take
+            i += take
+            if self._have == len(self._buf):
+                done = self._header_done() if self._state == 0 else self._sizes_done()
+                if done:
+                    out.append(self._emit())
+        return out
+
+    def direct(self) -> memoryview | None:
+        """Where to read the rest of a large body straight into (None: use `feed`)."""
+        if self._state == 2 and len(self._body) - self._pos >= _DIRECT:
+            return memoryview(self._body)[self._pos :]
+        return None
+
+    def advance(self, n: int) -> list[tuple[int, list[memoryview]]]:
+        """Account for ``n`` bytes written into the view `direct` returned."""
+        self._pos += n
+        if self._pos == len(self._body):
+            return [self._emit()]
+        return []
+
+    def _header_done(self) -> bool:
+        self._peer, count = _HDR.unpack(self._buf)
+        if count > self.max_frames:
+            raise FrameError(f"a message of {count} frames exceeds the limit of {self.max_frames}")
+        self._sizes = []
+        if count == 0:
+            self._body = bytearray()
+            return True
+        self._state = 1
+        self._buf = bytearray(_LEN.size * count)
+        self._have = 0
+        return False
+
+    def _sizes_done(self) -> bool:
+        sizes = [s for (s,) in _LEN.iter_unpack(self._buf)]
+        total = sum(sizes)
+        if total > self.max_bytes:
+            raise FrameError(f"a message of {total} bytes exceeds the limit of {self.max_bytes}")
+        self._sizes = sizes
+        self._body = bytearray(total)
+        self._pos = 0
+        if total == 0:
+            return True
+        self._state = 2
+        return False
+
+    def _emit(self) -> tuple[int, list[memoryview]]:
+        view = memoryview(self._body)
+        frames = []
+        pos = 0
+        for s in self._sizes:
+            frames.append(view[pos : pos + s])
+            pos += s
+        peer = self._peer
+        self._state = 0
+        self._buf = bytearray(_HDR.size)
+        self._have = 0
+        self._sizes = []
+        self._body = bytearray()
+        self._pos = 0
+        return peer, frames
+
+
+def encode(peer: int, frames: Sequence[Buffer]) -> list[memoryview]:
+    """The wire form of one message, as a list of views (the bodies are not copied)."""
+    views = [memoryview(f).cast("B") for f in frames]
+    head = _HDR.pack(peer, len(views)) + b"".join(_LEN.pack(v.nbytes) for v in views)
+    return [memoryview(head)] + [v for v in views if v.nbytes]
+
+
+# -- connections -------------------------------------------------------------------------------
+def _wait(sock: socket.socket, write: bool, deadline: float | None) -> None:
+    fd = sock.fileno()
+    if fd < 0:
+        raise OSError(errno.EBADF, "connection closed")
+    timeout = None if deadline is None else deadline - time.monotonic()
+    if timeout is not None and timeout <= 0:
+        raise TimeoutError("timed out")
+    p = select.poll()
+    p.register(fd, select.POLLOUT if write else select.POLLIN)
+    if not p.poll(None if timeout is None else max(1, int(timeout * 1000))):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError("timed out")
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """No Nagle delay (messages are small and latency-bound); keepalive finds dead peers."""
+    for level, opt, val in (
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 30),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 10),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 6),
+        (socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20),
+        (socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20),
+    ):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(level, opt, val)
+        except OSError:  # pragma: no cover - platform limits
+            pass
+
+
+class _Conn:
+    """A non-blocking stream socket, optionally carrying TLS through memory BIOs.
+
+    ``recv_into`` is called by one thread, ``send`` by any (serialised by ``wlock``); with TLS
+    the SSL object is only touched under its own short lock, never while waiting on the socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.wlock = threading.Lock()
+        self._tls: ssl.SSLObject | None = None
+        self._tls_lock = threading.Lock()
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._wq: collections.deque[memoryview] = collections.deque()
+        self.closed = False
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
+
+    def start_tls(self, ctx: ssl.SSLContext, server_side: bool, deadline: float) -> None:
+        obj = ctx.wrap_bio(self._in, self._out, server_side=server_side)
+        while True:
+            with self._tls_lock:
+                try:
+                    obj.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                self._collect()
+            with self.wlock:
+                self._drain(deadline, block=True)
+            if done:
+                break
+            _wait(self.sock, False, deadline)
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise EOFError("connection closed during the TLS handshake")
+            self._in.write(data)
+        self._tls = obj
+
+    # -- reading ---------------------------------------------------------------------------
+    def recv_into(self, view: memoryview) -> int:
+        """Read what is available; raises `BlockingIOError` when nothing is, 0 means EOF."""
+        obj = self._tls
+        if obj is None:
+            return self.sock.recv_into(view)
+        while True:
+            with self._tls_lock:
+                try:
+                    n = obj.read(len(view), view)
+                except ssl.SSLWantReadError:
+                    n = -1
+                except ssl.SSLZeroReturnError:
+                    n = 0
+                self._collect()
+            if self._wq:
+                self._flush_soon()
+            if n >= 0:
+                return n
+            data = self.sock.recv(1 << 18)
+            if not data:
+                return 0
+            with self._tls_lock:
+                self._in.write(data)
+
+    def read_exact(self, n: int, deadline: float) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self.recv_into(view[got:])
+            except BlockingIOError:
+                _wait(self.sock, False, deadline)
+                continue
+            if k == 0:
+                raise EOFError("connection closed")
+            got += k
+        return bytes(buf)
+
+    # -- writing ---------------------------------------------------------------------------
+    def send(self, views: list[memoryview], deadline: float | None = None) -> None:
+        with self.wlock:
+            if self.closed:
+                raise OSError(errno.EPIPE, "connection closed")
+            if self._tls is None:
+                self._sendmsg(views, deadline)
+            else:
+                for v in views:
+                    for off in range(0, v.nbytes, 1 << 20):
+                        with self._tls_lock:
+                            self._tls.write(v[off : off + (1 << 20)])
+                            self._collect()
+                        self._drain(deadline, block=True)
+        if self._wq:
+            self._flush_soon()
+
+    def _sendmsg(self, views: list[memoryview], deadline: float | None) -> None:
+        views = [v for v in views if v.nbytes]
+        while views:
+            try:
+                sent = self.sock.sendmsg(views[:512])
+            except BlockingIOError:
+                _wait(self.sock, True, deadline)
+                continue
+            while sent:
+                first = views[0]
+                if sent >= first.nbytes:
+                    sent -= first.nbytes
+                    views.pop(0)
+                else:
+                    views[0] = first[sent:]
+                    sent = 0
+
+    def _collect(self) -> None:  # under _tls_lock: keep TLS output in generation order
+        data = self._out.read()
+        if data:
+            self._wq.append(memoryview(data))
+
+    def _drain(self, deadline: float | None, block: bool) -> None:  # under wlock
+        wq = self._wq
+        while wq:
+            try:
+                sent = self.sock.send(wq[0])
+            except BlockingIOError:
+                if not block:
+                    return
+                _wait(self.sock, True, deadline)
+                continue
+            if sent >= wq[0].nbytes:
+                wq.popleft()
+            else:
+                wq[0] = wq[0][sent:]
+
+    def _flush_soon(self) -> None:
+        # TLS output produced while reading (e.g. session tickets): write it if nobody else is
+        # writing; a writer checks the queue again after releasing the lock.
+        while self._wq and self.wlock.acquire(blocking=False):
+            try:
+                self._drain(None, block=False)
+            except OSError:
+                return
+            finally:
+                self.wlock.release()
+            if self._wq:
+                return  # the socket is full: the next send drains the rest
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class TcpChannel:
+    """An authenticated connection carrying frame lists."""
+
+    def __init__(self, conn: _Conn, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.conn = conn
+        self.max_bytes = max_bytes
+        self.parser = FrameParser(max_bytes)
+        self.backlog: collections.deque[tuple[int, list[memoryview]]] = collections.deque()
+        self._scratch = memoryview(bytearray(1 << 18))
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.conn.sock
+
+    def send(self, peer: int, frames: Sequence[Buffer]) -> None:
+        views = encode(peer, frames)
+        total = sum(v.nbytes for v in views[1:])
+        if total > self.max_bytes:
+            log.error("a message of %d bytes exceeds max_frame_bytes=%d and was not sent", total, self.max_bytes)
+            raise FrameError(f"a message of {total} bytes exceeds the limit of {self.max_bytes}")
+        self.conn.send(views)
+
+    def pump(self, budget: int = 64 << 20) -> tuple[list[tuple[int, list[memoryview]]], BaseException | None, bool]:
+        """Read without blocking: (complete messages, error that ends the connection, more?)."""
+        msgs: list[tuple[int, list[memoryview]]] = []
+        got = 0
+        parser = self.parser
+        while got < budget:
+            target = parser.direct()
+            try:
+                n = self.conn.recv_into(target if target is not None else self._scratch)
+            except BlockingIOError:
+                return msgs, None, False
+            except OSError as e:
+                return msgs, e, False
+            if n == 0:
+                what = "in the middle of a message" if parser.mid_message else ""
+                return msgs, EOFError(f"peer closed the connection {what}".rstrip()), False
+            got += n
+            try:
+                msgs.extend(parser.advance(n) if target is not None else parser.feed(self._scratch[:n]))
+            except FrameError as e:
+                return msgs, e, False
+        return msgs, None, True
+
+    def recv_blocking(self, deadline: float | None = None) -> tuple[int, list[memoryview]]:
+        """The next message, waiting for it (used once, for a worker's init frames)."""
+        while not self.backlog:
+            msgs, err, more = self.pump()
+            self.backlog.extend(msgs)
+            if self.backlog:
+                break
+            if err is not None:
+                raise err
+            if not more:
+                _wait(self.conn.sock, False, deadline)
+        return self.backlog.popleft()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- TLS contexts ------------------------------------------------------------------------------
+def server_context(cert: str, key: str | None = None, ca: str | None = None) -> ssl.SSLContext:
+    """Rank 0's TLS context; with ``ca``, workers must present a certificate signed by it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(cert: str | None = None, key: str | None = None, ca: str | None = None) -> ssl.SSLContext:
+    """A worker's TLS context: rank 0's certificate must chain to ``ca`` (or be ``cert`` itself).
+
+    Host names are not checked (workers connect to an address, and the HMAC handshake inside
+    the TLS session authenticates rank 0 anyway); the trust anchor is the given file only, never
+    the system store, so only certificates of the run's own CA are accepted.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    anchor = ca or cert
+    if not anchor:
+        raise ValueError("TLS needs a CA file or the server certificate to verify rank 0")
+    ctx.load_verify_locations(anchor)
+    if ca and cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+# -- connecting --------------------------------------------------------------------------------
+def connect(
+    host: str,
+    port: int,
+    secret: bytes,
+    rank: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    connect_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> TcpChannel:
+    """Connect to rank 0 and authenticate both ways; nothing is unpickled before this returns."""
+    sock = socket.create_connection((host, port), timeout=connect_timeout)
+    tune_socket(sock)
+    conn = _Conn(sock)
+    try:
+        deadline = time.monotonic() + handshake_timeout
+        if tls is not None:
+            conn.start_tls(tls, False, deadline)
+        hs = ClientHandshake(secret, rank)
+        conn.send([memoryview(hs.respond(conn.read_exact(CHALLENGE_SIZE, deadline)))], deadline)
+        try:
+            reply = conn.read_exact(REPLY_SIZE, deadline)
+        except EOFError:
+            raise AuthError("rank 0 refused the connection (wrong key, or rank not expected)") from None
+        hs.check(reply)
+    except BaseException:
+        conn.close()
+        raise
+    return TcpChannel(conn, max_frame_bytes)
+
+
+class Listener:
+    """Rank 0's listening socket: accepts, authenticates, and hands over connections.
+
+    Handshakes run in threads of their own under a deadline, at most ``max_pending`` at a time,
+    so a slow or silent client delays nobody. Only ranks announced with `expect` are accepted,
+    each once.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        host: str,
+        port: int = 0,
+        *,
+        on_auth: Callable[[int, TcpChannel, Any], None],
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_pending: int = 32,
+    ) -> None:
+        self._secret = _check_secret(secret)
+        self._on_auth = on_auth
+        self._tls = tls
+        self._timeout = handshake_timeout
+        self._max_bytes = max_frame_bytes
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self._expected: set[int] = set()
+        self._pending = 0
+        self.refused = 0
+        self._closed = False
+        if host in ("", "0.0.0.0"):
+            host = "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server(
+            (host, port), family=family, backlog=128,
+            dualstack_ipv6=(host == "::" and socket.has_dualstack_ipv6()),
+        )
+        self.sock.setblocking(False)
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self._waker = _Waker()
+        self._thread = threading.Thread(target=self._loop, name="dtm-tcp-accept", daemon=True)
+        self._thread.start()
+
+    def expect(self, ranks: Sequence[int]) -> None:
+        with self._lock:
+            self._expected.update(ranks)
+
+    def withdraw(self, ranks: Sequence[int]) -> None:
+        with self._lock:
+            self._expected.difference_update(ranks)
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, 1)
+        sel.register(self._waker.r, selectors.EVENT_READ, None)
+        try:
+            while not self._closed:
+                for key, _ in sel.select():
+                    if key.data is None:
+                        self._waker.drain()
+                        continue
+                    try:
+                        s, addr = self.sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as e:
+                        if self._closed:
+                            return
+                        log.warning("accept() failed: %s", e)
+                        time.sleep(0.05)
+                        continue
+                    with self._lock:
+                        busy = self._pending >= self._max_pending
+                        if not busy:
+                            self._pending += 1
+                    if busy:
+                        self.refused += 1
+                        log.warning("refused a connection from %s: too many handshakes in progress", addr)
+                        s.close()
+                        continue
+                    threading.Thread(target=self._handshake, args=(s, addr), name="dtm-tcp-auth",
+                                     daemon=True).start()
+        except (OSError, ValueError):
+            if not self._closed:  # pragma: no cover
+                log.exception("the TCP listener failed")
+        finally:
+            sel.close()
+
+    def _handshake(self, s: socket.socket, addr: Any) -> None:
+        conn: _Conn | None = None
+        rank = -1
+        try:
+            tune_socket(s)
+            conn = _Conn(s)
+            deadline = time.monotonic() + self._timeout
+            if self._tls is not None:
+                conn.start_tls(self._tls, True, deadline)
+            hs = ServerHandshake(self._secret)
+            conn.send([memoryview(hs.challenge())], deadline)
+            magic = conn.read_exact(len(MAGIC), deadline)
+            if magic != MAGIC:
+                raise AuthError("not a dtm_executor handshake")
+            rank, reply = hs.check(magic + conn.read_exact(RESPONSE_SIZE - len(MAGIC), deadline))
+            with self._lock:
+                if rank not in self._expected:
+                    raise AuthError(f"authenticated, but rank {rank} is not expected")
+                self._expected.discard(rank)
+            try:
+                conn.send([memoryview(reply)], deadline)
+            except BaseException:
+                with self._lock:
+                    self._expected.add(rank)
+                raise
+            ch = TcpChannel(conn, self._max_bytes)
+        except Exception as e:  # noqa: BLE001 - whatever a stranger sent, refuse and go on
+            self.refused += 1
+            what = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+            log.warning("refused a connection from %s: %s", addr, what)
+            if conn is not None:
+                conn.close()
+            else:
+                s.close()
+            return
+        finally:
+            with self._lock:
+                self._pending -= 1
+        if self._closed:
+            ch.close()
+            return
+        self._on_auth(rank, ch, addr)
+
+    def close(self) -> None:
+        self._closed = True
+        self._waker.wake()
+        self._thread.join(2.0)
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        self._waker.close()
+
+
+# -- transports --------------------------------------------------------------------------------
+class TcpHubTransport:
+    """Rank 0's end: one authenticated channel per worker, and a thread forwarding between them."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self.channels: dict[int, TcpChannel] = {}
+        self._new: collections.deque[tuple[int, TcpChannel]] = collections.deque()
+        self._sel = selectors.DefaultSelector()
+        self._waker = _Waker()
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+        self._pending: collections.deque[Received] = collections.deque()
+        self._hot: set[int] = set()
+        self._fwd: collections.deque[tuple[int, int, list[memoryview]]] = collections.deque()
+        self._fwd_cv = threading.Condition()
+        self._closed = False
+        self.listener: Listener | None = None
+        self._fwd_thread = threading.Thread(target=self._forward_loop, name="dtm-forward", daemon=True)
+        self._fwd_thread.start()
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def add(self, rank: int, ch: TcpChannel) -> None:
+        """Start serving an authenticated channel (safe from any thread)."""
+        self.channels[rank] = ch
+        self._new.append((rank, ch))
+        self._waker.wake()
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        ch = self.channels.get(dest)
+        if ch is None:
+            raise OSError(errno.ENOTCONN, f"no connection to rank {dest}")
+        ch.send(0, frames)
+
+    def recv(self, timeout: float | None = None) -> Received | None:
+        if self._pending:
+            return self._pending.popleft()
+        if self._closed:
+            return None
+        while self._new:
+            rank, ch = self._new.popleft()
+            if self.channels.get(rank) is ch:
+                self._sel.register(ch.sock, selectors.EVENT_READ, rank)
+                self._hot.add(rank)  # bytes may have arrived before registration
+        try:
+            events = self._sel.select(0 if self._hot else timeout)
+        except (OSError, ValueError):
+            return None
+        ready = set(self._hot)
+        for key, _ in events:
+            if key.data is None:
+                self._waker.drain()
+            else:
+                ready.add(key.data)
+        for rank in ready:
+            self._pump(rank)
+        return self._pending.popleft() if self._pending else None
+
+    def _pump(self, rank: int) -> None:
+        ch = self.channels.get(rank)
+        if ch is None:
+            self._hot.discard(rank)
+            return
+        msgs, err, more = ch.pump()
+        for dest, frames in msgs:
+            if dest == 0:
+                self._pending.append((rank, frames))
+            elif 0 < dest < self._size:
+                with self._fwd_cv:
+                    self._fwd.append((dest, rank, frames))
+                    self._fwd_cv.notify()
+            else:
+                err = FrameError(f"rank {rank} addressed a message to rank {dest}")
+                break
+        if more and err is None:
+            self._hot.add(rank)
+        else:
+            self._hot.discard(rank)
+        if err is not None:
+            if isinstance(err, EOFError) and not ch.parser.mid_message:
+                log.debug("rank %d closed its connection", rank)
+            else:
+                log.warning("dropping the connection of rank %d: %s: %s", rank, type(err).__name__, err)
+            self._drop(rank)
+            self._pending.append((rank, None))
+
+    def _drop(self, rank: int) -> None:
+        ch = self.channels.pop(rank, None)
+        self._hot.discard(rank)
+        if ch is None:
+            return
+        try:
+            self._sel.unregister(ch.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        ch.close()
+
+    def _forward_loop(self) -> None:
+        while True:
+            with self._fwd_cv:
+                while not self._fwd and not self._closed:
+                    self._fwd_cv.wait()
+                if self._closed:
+                    return
+                dest, src, frames = self._fwd.popleft()
+            ch = self.channels.get(dest)
+            if ch is None:
+                continue
+            try:
+                ch.send(src, frames)
+            except (OSError, FrameError):
+                pass  # the loss of dest is reported by recv
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._fwd_cv:
+            self._fwd_cv.notify_all()
+        if self.listener is not None:
+            self.listener.close()
+        for rank in list(self.channels):
+            self._drop(rank)
+        while self._new:
+            self._new.popleft()[1].close()
+        try:
+            self._sel.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._waker.close()
+
+
+class TcpWorkerTransport:
+    """A worker's end: everything goes through its channel to rank 0."""
+
+    def __init__(self, ch: TcpChannel, rank: int, size: int) -> None:
+        self._ch = ch
+        self._rank = rank
+        self._size = size
+        self._queue: collections.deque[Received] = collections.deque(ch.backlog)
+        ch.backlog.clear()
+        self._hot = False
+        self._lost = False
+        self._waker = _Waker()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        self._ch.send(dest, frames)
+
+    def recv(self, timeout: float | None = None) -> Received | None:
+        if self._queue:
+            return self._queue.popleft()
+        if self._lost:
+            return (0, None)
+        try:
+            events = self._sel.select(0 if self._hot else timeout)
+        except (OSError, ValueError):
+            self._lost = True
+            return (0, None)
+        readable = self._hot
+        for key, _ in events:
+            if key.data is None:
+                self._waker.drain()
+            else:
+                readable = True
+        if readable:
+            msgs, err, more = self._ch.pump()
+            self._queue.extend(msgs)
+            self._hot = more and err is None
+            if err is not None:
+                if not isinstance(err, EOFError):
+                    log.warning("connection to rank 0 failed: %s: %s", type(err).__name__, err)
+                self._lost = True
+                self._queue.append((0, None))
+        return self._queue.popleft() if self._queue else None
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._ch.close()
+        self._waker.close()
