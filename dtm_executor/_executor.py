@@ -337,11 +337,19 @@ def current_executor() -> DTMExecutor:
 
 
 def _at_exit() -> None:
+    import sys
+
     _interpreter_exiting[0] = True
-    for node, pool in list(_active.values()):  # like the stdlib: finish submitted work first
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = isinstance(last, KeyboardInterrupt)  # the program died of Ctrl-C
+    for node, pool in list(_active.values()):
         try:
-            _drain(node)
-            _teardown(node, pool)
+            if interrupted:
+                node._fail_all(BrokenDTMExecutor("the program was interrupted (KeyboardInterrupt)"))
+                _teardown(node, pool, grace=0.0)
+            else:  # like the stdlib: finish submitted work first
+                _drain(node)
+                _teardown(node, pool)
         except Exception:  # noqa: BLE001
             pass
 

@@ -109,9 +109,6 @@ def test_ctrl_c_inside_with_does_not_wait_for_long_tasks(run_script, proctools):
     assert time.monotonic() - t0 < 30  # the 120 s tasks were not waited for
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: after an uncaught KeyboardInterrupt, the atexit hook drains all queued work of a "
-    "plain (non-`with`) executor before the program can exit"))
 def test_ctrl_c_without_with_does_not_wait_for_long_tasks(run_script, proctools):
     run, pids = _start_and_get_workers(run_script, "submit", "120", "plain")
     os.killpg(run.pid, signal.SIGINT)
