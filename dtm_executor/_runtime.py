@@ -200,9 +200,40 @@ class Node:
                     self.bytes_sent += nbytes
                     if self.trace is not None:
                         self.trace.append(("msg", time.time(), dest, nbytes))
-                except Exception as e:  # noqa: BLE001 - a lost peer is reported by recv
+                except OSError as e:  # a lost peer: recv reports it, and its tasks are retried
                     if not self.closed:
                         log.debug("send to rank %d failed: %s", dest, e)
+                except Exception as e:  # noqa: BLE001 - this message cannot be sent at all
+                    if not self.closed:
+                        self._undeliverable(dest, frames, e)
+
+    def _undeliverable(self, dest: int, frames: list[Any], exc: Exception) -> None:
+        """A message the transport refused (e.g. over its frame-size limit): fail its tasks
+        rather than leave their futures waiting forever."""
+        log.error("a message to rank %d could not be sent: %s", dest, exc)
+        try:
+            msg = pickle.loads(frames[0])
+        except Exception:  # noqa: BLE001
+            return
+        err = SerializationError(f"a message to rank {dest} could not be sent: {type(exc).__name__}: {exc}")
+        if msg[0] == TASKS:
+            for desc in msg[1]:
+                owner, tid = desc[0], desc[1]
+                if owner == self.rank:
+                    with self.owned_lock:
+                        task = self.owned.pop(tid, None)
+                    if task is not None:
+                        if self.hub is not None and task.depth == 0:
+                            self.hub.settled(task)
+                        self.finish(task, False, err, 0.0)
+                else:
+                    data, _ = _serial.pack_exception(err, "")
+                    self.send(owner, (RESULTS, [(tid, 0, data, 0, 0.0)]))
+            if self.worker is not None:
+                self.worker.wake()
+        elif msg[0] == RESULTS:
+            data, _ = _serial.pack_exception(err, "")
+            self.send(dest, (RESULTS, [(e[0], 0, data, 0, 0.0) for e in msg[1]]))
 
     # -- receiving -----------------------------------------------------------------------
     def start(self, comm_in_thread: bool = True) -> None:

@@ -245,12 +245,15 @@ class _Waker:
             pass
 
     def drain(self) -> None:
-        self._armed = False
+        # Read first, then disarm: a wake() in between skips its write, but the caller looks at
+        # the shared state after draining, so it sees what that wake() announced. The other
+        # order can leave the flag armed with an empty pipe, and every later wake() is lost.
         try:
             while os.read(self.r, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._armed = False
 
     def close(self) -> None:
         for fd in (self.r, self.w):
