@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover
     creator = None  # type: ignore[assignment]
 
 WORKERS = 2
+NOISY = 0.5  # cores busy with other processes above which a timing says more about the machine
 
 
 # -- task functions (module level: workers import this script like multiprocessing spawn) ----
@@ -128,6 +129,7 @@ class Row:
     target: str
     met: bool | None  # None: informational row
     notes: list[str] = field(default_factory=list)
+    others: float | None = None  # cores other processes kept busy while timed (worst of both)
 
 
 def _fmt(v: float | None, unit: str) -> str:
@@ -145,7 +147,7 @@ def _fmt(v: float | None, unit: str) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("case", "ours", "baseline (PPE)", "ratio", "target", "met?")
+    head = ("case", "ours", "baseline (PPE)", "ratio", "target", "met?", "others")
     lines = [
         (
             r.case,
@@ -154,6 +156,7 @@ def print_table(rows: list[Row]) -> None:
             "n/a" if r.ratio is None else f"{r.ratio:.2f}",
             r.target,
             "-" if r.met is None else ("yes" if r.met else "NO"),
+            "" if r.others is None else f"{r.others:.2f}" + (" !" if r.others > NOISY else ""),
         )
         for r in rows
     ]
@@ -165,6 +168,8 @@ def print_table(rows: list[Row]) -> None:
     for line in lines:
         print(sep.join(c.ljust(w) for c, w in zip(line, widths)))
     print("ratio: > 1 means DTMExecutor does better (for times: baseline / ours).")
+    print(f"others: cores (of {os.cpu_count()}) that other processes kept busy while the case was timed; "
+          f"'!' above {NOISY}: the machine was too busy for a fair verdict.")
     notes = [(r.case, n) for r in rows for n in r.notes]
     if notes:
         print()
@@ -253,6 +258,10 @@ class timed:
         self.steal = (steal - self._steal) / _HZ / self.wall
 
 
+def _busiest(*ts: timed) -> float:
+    return max(t.others for t in ts)
+
+
 def load_note(ours: timed, base: timed | None = None) -> str:
     txt = f"other processes kept {ours.others:.2f} of {os.cpu_count()} cores busy during ours"
     if base is not None:
@@ -279,7 +288,7 @@ def case_submit(quick: bool) -> list[Row]:
     ours, base_ = n / to.wall, n / tb.wall
     ratio = ours / base_
     return [Row(f"submit {n} trivial", ours, base_, "tasks/s", ratio, "ratio >= 4", ratio >= 4,
-                [load_note(to, tb)])]
+                [load_note(to, tb)], _busiest(to, tb))]
 
 
 def case_map(quick: bool) -> list[Row]:
@@ -308,7 +317,7 @@ def case_map(quick: bool) -> list[Row]:
         Row(f"map {n} trivial (default chunks)", ours, base1, "items/s", ours / base1,
             "ours >= 1,000,000/s", ours >= 1e6,
             [f"PPE with chunksize={manual}: {base_manual:,.0f} items/s "
-             f"(ours / that = {ours / base_manual:.2f})", load_note(to, tb)]),
+             f"(ours / that = {ours / base_manual:.2f})", load_note(to, tb)], _busiest(to, tb)),
     ]
 
 
@@ -327,7 +336,7 @@ def case_efficiency(quick: bool) -> list[Row]:
     with ppe_pool() as ex:
         base_, tb = run(ex)
     return [Row(f"efficiency {n} x {dur * 1000:.0f} ms CPU", ours, base_, "", ours / base_,
-                "ours >= 0.97", ours >= 0.97, [load_note(to, tb)])]
+                "ours >= 0.97", ours >= 0.97, [load_note(to, tb)], _busiest(to, tb))]
 
 
 def case_makespan(quick: bool) -> list[Row]:
@@ -350,7 +359,7 @@ def case_makespan(quick: bool) -> list[Row]:
     return [Row(f"makespan/LB {n} exp(10 ms) CPU", ours, base_, "x", base_ / ours,
                 "ours <= 1.04", ours <= 1.04,
                 [f"ours: {on}; PPE: {bn}; seed 12345, total {sum(durs):.3f} s, "
-                 f"longest {max(durs) * 1000:.1f} ms", load_note(to, tb)])]
+                 f"longest {max(durs) * 1000:.1f} ms", load_note(to, tb)], _busiest(to, tb))]
 
 
 def case_tree(quick: bool) -> list[Row]:
@@ -374,7 +383,7 @@ def case_tree(quick: bool) -> list[Row]:
                  f"{t0.wall:.3f} s ({t0.wall / (2 ** (depth + 1) - 1) * 1e6:.0f} us of wall per task)",
                  f"peak threading.active_count() per worker process: {peak_txt}",
                  "PPE: n/a (a task cannot submit to its own pool: tasks would block every worker)",
-                 load_note(t)])]
+                 load_note(t)], t.others)]
 
 
 def case_transfer(quick: bool) -> list[Row]:
@@ -403,7 +412,7 @@ def case_transfer(quick: bool) -> list[Row]:
     return [Row(f"{trips} round trips of a 25 MB array", ours, base_, "MB/s", ratio,
                 "ratio >= 3", ratio >= 3,
                 ["MB/s = trips x 25 MB / wall (each trip moves the array there and back)",
-                 load_note(to, tb)])]
+                 load_note(to, tb)], _busiest(to, tb))]
 
 
 def _onemax(map_fn: Callable[..., Any], pop_size: int, ngen: int,
@@ -447,7 +456,8 @@ def case_deap(quick: bool) -> list[Row]:
                 [f"builtin map {ts.wall:.3f} s, DTMExecutor.map {to.wall:.3f} s, PPE.map {tb.wall:.3f} s",
                  f"GA's serial work (same GA, free evaluation) {tfree.wall:.3f} s -> Amdahl bound on "
                  f"{WORKERS} workers: {bound:.2f}x (ours reaches {ours / bound:.0%} of it)",
-                 load_note(to, tb) + f", {ts.others:.2f} during the builtin map"])]
+                 load_note(to, tb) + f", {ts.others:.2f} during the builtin map"],
+                _busiest(to, tb, ts))]
 
 
 _STARTUP_SCRIPT = textwrap.dedent(
@@ -598,8 +608,10 @@ def _aggregate(runs: list[list[Row]]) -> list[Row]:
         base_ = [r.baseline for r in same if r.baseline is not None]
         ratio = [r.ratio for r in same if r.ratio is not None]
         med = _median(ours)
+        busy_others = [r.others for r in same if r.others is not None]
         agg = Row(first.case, med, _median(base_) if base_ else None, first.unit,
-                  _median(ratio) if ratio else None, first.target, None, [])
+                  _median(ratio) if ratio else None, first.target, None, [],
+                  _median(busy_others) if busy_others else None)
         mets = [r.met for r in same]
         if first.met is not None:
             agg.met = sorted(mets, key=lambda m: (m is not None, m))[len(mets) // 2]  # median run's verdict
