@@ -788,8 +788,8 @@ class Worker:
 
     def _execute(self, task: _Task) -> None:
         fut = task.future
-        if fut is not None and fut._state == "PENDING":  # a local child: it may have been cancelled
-            if not fut.set_running_or_notify_cancel():
+        if fut is not None and fut._state in ("PENDING", "CANCELLED"):  # a local child
+            if not fut.set_running_or_notify_cancel():  # cancelled: tell its waiters, skip it
                 return
         stack = tls.tasks
         stack.append(task)

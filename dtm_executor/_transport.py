@@ -158,6 +158,7 @@ class _Channel:
 
 
 def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
+    views = [v for v in views if v.nbytes]  # an empty view would make sendmsg return 0 forever
     while views:
         sent = sock.sendmsg(views[:512])
         while sent:

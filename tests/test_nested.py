@@ -408,14 +408,8 @@ def cancel_queued_child(tag: str) -> tuple[bool, bool, bool, bool, str]:
     return cancelled, victim.cancelled(), raised, waited, got
 
 
-_CANCEL_BUG = (
-    "core bug: a cancelled nested child still queued locally is executed anyway (Worker._execute "
-    "only calls set_running_or_notify_cancel when the state is PENDING, not CANCELLED), and "
-    "concurrent.futures.wait() on it never returns it as done"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=_CANCEL_BUG)
 def test_cancel_queued_nested_child_one_worker(ex1):
     # on one worker nothing can steal the child before the parent cancels it
     cancelled, is_cancelled, raised, waited, got = ex1.submit(cancel_queued_child, "one").result(timeout=30)
@@ -431,13 +425,11 @@ def cancel_without_waiting(tag: str) -> bool:
     return current_executor().submit(record, tag).cancel()
 
 
-@pytest.mark.xfail(strict=True, reason=_CANCEL_BUG)
 def test_cancelled_nested_child_never_runs(ex1):
     assert ex1.submit(cancel_without_waiting, "dropped").result(timeout=30)
     assert not ex1.submit(ran_here, "dropped").result(timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=_CANCEL_BUG)
 def test_cancel_queued_nested_child_two_workers(ex2):
     for i in range(10):
         cancelled, is_cancelled, raised, waited, got = ex2.submit(

@@ -219,11 +219,6 @@ def test_array_kinds_round_trip(ex, make):
     assert np.array_equal(back, a)
 
 
-_INBAND_BUG = (
-    "core bug: a message whose frames all go in memfds (a pickle >= 1 MiB in band, e.g. big bytes, "
-    "a big list, a non-contiguous array) leaves _transport._sendmsg_all spinning forever on the "
-    "empty rest of the header, so the sender thread never sends anything again"
-)
 
 
 def _result_or_kill(ex: DTMExecutor, fut: Any, timeout: float) -> Any:
@@ -234,7 +229,6 @@ def _result_or_kill(ex: DTMExecutor, fut: Any, timeout: float) -> Any:
         raise
 
 
-@pytest.mark.xfail(strict=True, reason=_INBAND_BUG)
 @pytest.mark.parametrize(
     "make",
     [
