@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import cloudpickle
 
-from . import _local, _map, _options, _runtime
+from . import _local, _map, _options, _runtime, _serial
 from ._control import ControlMixin
 from ._futures import executing_worker
 from ._runtime import CALL, CHUNK, SHUTDOWN, Node
@@ -101,7 +101,9 @@ class DTMExecutor(ControlMixin, Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         try:
-            init_blob = cloudpickle.dumps((initializer, tuple(initargs)), 5)
+            # by reference where possible (like tasks), so a __main__ initializer sets the
+            # globals of the worker's own copy of the script, not of a pickled-by-value clone
+            init_blob = _serial.dumps_inband((initializer, tuple(initargs)))
         except Exception as e:
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
         opts = {"max_threads": max_threads, "trace": trace_dir is not None}

@@ -42,6 +42,16 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs.append), bufs
 
 
+def dumps_inband(obj: Any) -> bytes:
+    """Like `dumps`, with everything in one bytes object."""
+    if _BY_REFERENCE_OK[0]:
+        try:
+            return pickle.dumps(obj, PROTOCOL)
+        except Exception:
+            pass
+    return cloudpickle.dumps(obj, PROTOCOL)
+
+
 def loads(data: Any, buffers: Any = ()) -> Any:
     return pickle.loads(data, buffers=buffers)
 
