@@ -1154,7 +1154,8 @@ class Hub:
             sent = []
             for t in batch:
                 fut = t.future
-                if fut is not None and fut._state == "PENDING" and not fut.set_running_or_notify_cancel():
+                if (fut is not None and fut._state in ("PENDING", "CANCELLED")
+                        and not fut.set_running_or_notify_cancel()):
                     self.settled(t)
                     continue
                 sent.append(t)

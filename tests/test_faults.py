@@ -116,3 +116,20 @@ def test_all_workers_lost_breaks_the_pool_instead_of_hanging() -> None:
             ex.submit(abs, 1)
     finally:
         ex.shutdown(wait=False)
+
+
+def _touch(path: str) -> None:
+    open(path, "w").close()
+
+
+def test_cancelled_top_level_task_never_runs(tmp_path) -> None:
+    import concurrent.futures as cf
+
+    path = tmp_path / "ran"
+    with DTMExecutor(1) as ex:
+        ex.submit(time.sleep, 0.5)
+        f = ex.submit(_touch, str(path))
+        assert f.cancel()
+        done, _ = cf.wait([f], timeout=10)
+        assert f in done and f.cancelled()
+    assert not path.exists()
