@@ -46,6 +46,7 @@ _TAG_DATA = 23_976
 _INLINE_MAX = 64 << 10  # frames up to this size are copied into the head message
 _HEAD = struct.Struct("<II")  # session number (0: control), number of frames
 _SEPARATE = 1 << 63  # flag on a frame size: the frame follows as its own message
+_SPIN = 0.02  # seconds the MPI thread keeps calling MPI without sleeping while a send is pending
 
 _START, _EXIT, _BYE = "start", "exit", "bye"
 _SHUTDOWN_FRAMES = pickle.dumps((_runtime.SHUTDOWN,), 5)
@@ -318,7 +319,11 @@ class _Engine:
                     continue
                 # Nothing to do: MPI cannot wake us for an incoming message without spinning a
                 # core (blocking calls busy-poll), so poll with a growing sleep; a local send
-                # wakes us at once. Pending sends are progressed quickly (large transfers).
+                # wakes us at once. Pending sends (large ones: small sends complete at once)
+                # need MPI calls to progress: spin a little, then poll often.
+                if reqs and time.monotonic() - last_busy < _SPIN:
+                    os.sched_yield()
+                    continue
                 if reqs or time.monotonic() - last_busy < hot:
                     wait = poll_min  # an answer is likely soon: keep latency low
                 else:
