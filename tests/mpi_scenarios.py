@@ -23,14 +23,21 @@ from dtm_executor import DTMExecutor, current_executor
 creator.create("FitnessMax", base.Fitness, weights=(1.0,))
 creator.create("Individual", list, fitness=creator.FitnessMax)
 
+TAG = ["unset"]
+
+
 def set_tag(tag: str) -> None:
-    """The executor's initializer. It sets a process-wide value: an initializer defined in
-    ``__main__`` travels by value, so a module global it sets would not be the tasks' one."""
+    """The executor's initializer: sets a module global (the tasks' own) and the environment."""
+    TAG[0] = tag
     os.environ["SCENARIO_TAG"] = tag
 
 
 def read_tag(_: int) -> str:
     return os.environ.get("SCENARIO_TAG", "unset")
+
+
+def read_global_tag(_: int) -> str:
+    return TAG[0]
 
 
 def my_rank(_: object = None) -> str:
@@ -146,7 +153,9 @@ def main() -> None:
     with DTMExecutor(initializer=set_tag, initargs=("session-1",)) as ex:
         n = ex.max_workers
         t = time.perf_counter()
-        tags = set(ex.map(read_tag, range(4 * n)))
+        tags = set(ex.map(read_tag, range(4 * n), chunksize=1))
+        assert tags == {"session-1"}, tags
+        tags = set(ex.map(read_global_tag, range(4 * n), chunksize=1))
         assert tags == {"session-1"}, tags
         ok("initializer", t)
 
