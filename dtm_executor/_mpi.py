@@ -277,6 +277,7 @@ class _Engine:
                     with out_cv:
                         out = self._out
                         self._out = collections.deque()
+                        self._npending = len(reqs) + len(out)  # flush() must not see a gap
                     for dest, head, big in out:
                         reqs.append(comm.Isend([head, MPI.BYTE], dest, _TAG_HEAD))
                         keep.append(head)
