@@ -252,9 +252,24 @@ def _progress_start() -> Callable[[Any, int | None], Any]:
     return _progress.start
 
 
+def _mpi_pool(*args: Any) -> Any:
+    from ._mpi import MPIPool  # imported when used: mpi4py initializes MPI on import
+
+    return MPIPool(*args)
+
+
+_POOLS["mpi"] = _mpi_pool
+
+
 def _choose_transport(transport: str) -> str:
+    """``"auto"``: ``$DTM_EXECUTOR_TRANSPORT`` if set (the launcher's ``--transport``), else MPI
+    when started by an MPI launcher with more than one rank, else local worker processes."""
     if transport == "auto":
-        return "local"
+        transport = os.environ.get("DTM_EXECUTOR_TRANSPORT", "").strip().lower() or "auto"
+    if transport == "auto":
+        from ._mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
+
+        return "mpi" if under_mpi_with_peers() else "local"
     if transport not in _POOLS:
         raise ValueError(f"unknown transport {transport!r}; expected one of {sorted(_POOLS)} or 'auto'")
     return transport

@@ -1144,23 +1144,22 @@ class Hub:
         order = [w for w, st in self.state.items() if st == self.IDLE]
         order += [w for w, st in self.state.items() if st == self.HUNGRY]
         for w in order:
-            if not self.pending:
-                break
-            batch: list[_Task] = []
-            with self.lock:
-                n = self.want[w]
-                while self.pending and len(batch) < n:
-                    batch.append(self.pending.popleft())
-            sent = []
-            for t in batch:
-                fut = t.future
-                if (fut is not None and fut._state in ("PENDING", "CANCELLED")
-                        and not fut.set_running_or_notify_cancel()):
-                    self.settled(t)
-                    continue
-                sent.append(t)
+            sent: list[_Task] = []
+            while self.pending and not sent:  # cancelled tasks must not use up w's turn
+                batch: list[_Task] = []
+                with self.lock:
+                    n = self.want[w]
+                    while self.pending and len(batch) < n:
+                        batch.append(self.pending.popleft())
+                for t in batch:
+                    fut = t.future
+                    if (fut is not None and fut._state in ("PENDING", "CANCELLED")
+                            and not fut.set_running_or_notify_cancel()):
+                        self.settled(t)
+                        continue
+                    sent.append(t)
             if not sent:
-                continue
+                break  # nothing left to hand out
             self._set(w, self.NONE)
             self._dispatch(w, sent)
         if self.pending:
