@@ -10,7 +10,7 @@ import pickle
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import BrokenExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import cloudpickle
@@ -25,7 +25,7 @@ log = logging.getLogger("dtm_executor")
 T = TypeVar("T")
 
 
-class BrokenDTMExecutor(BrokenProcessPool):
+class BrokenDTMExecutor(BrokenExecutor):
     """The executor cannot go on (a worker failed to start, or died and could not be replaced)."""
 
 

@@ -10,6 +10,7 @@ other tasks meanwhile. Outside tasks, they behave exactly like standard futures.
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import Future, TimeoutError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, Callable, Iterable, Protocol
@@ -69,7 +70,7 @@ class _Waiters(list):  # type: ignore[type-arg]
 
     def __init__(self, fut: DTMFuture) -> None:
         super().__init__()
-        self.fut = fut
+        self.fut = weakref.ref(fut)  # weak: no future <-> list cycle for the collector to find
 
     def append(self, waiter: Any) -> None:
         w = getattr(tls, "worker", None)
@@ -81,7 +82,9 @@ class _Waiters(list):  # type: ignore[type-arg]
                 if flag:
                     ev.set()
                 waiter.event = ev
-            ev.futures.append(self.fut)
+            fut = self.fut()
+            if fut is not None:
+                ev.futures.append(fut)
         super().append(waiter)
 
 

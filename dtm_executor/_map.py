@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Iterator
 
 TARGET_CHUNK_SECONDS = 0.01
+#: the smallest chunk worth a round trip when the tail of a map is split for balance (seconds)
+FLOOR_CHUNK_SECONDS = 0.001
 _MAX_CHUNK = 1 << 16
 
 # seconds per item measured by earlier maps of the same function (a starting point only)
@@ -40,9 +42,10 @@ class ChunkSizer:
             return self.fixed
         if self.per_item is None:
             return 1
-        size = self.target / max(self.per_item, 1e-8)
-        if remaining is not None:
-            size = min(size, math.ceil(remaining / (4 * self.n)))
+        per = max(self.per_item, 1e-8)
+        size = self.target / per
+        if remaining is not None:  # balance the tail, but not with chunks of nothing
+            size = min(size, max(math.ceil(remaining / (4 * self.n)), FLOOR_CHUNK_SECONDS / per))
         return int(max(1, min(size, _MAX_CHUNK)))
 
     def observe(self, nitems: int, seconds: float) -> None:
@@ -87,7 +90,11 @@ def chunked_map(
     state = {"exhausted": False, "remaining": remaining}
 
     def fill() -> None:
-        while not state["exhausted"] and len(window) < sizer.window():
+        # Chunks "in flight" are those not finished; finished ones wait for the consumer, up to a
+        # bound, so one slow chunk at the head does not leave workers without work.
+        while not state["exhausted"] and len(window) < 4 * sizer.window():
+            if sum(1 for f, _ in window if not f.done()) >= sizer.window():
+                break
             size = sizer.next_size(state["remaining"])
             items = list(itertools.islice(source, size))
             if not items:
@@ -106,6 +113,13 @@ def chunked_map(
         try:
             while window:
                 fut, n = window[0]
+                while not fut.done():  # top the window up whenever any chunk finishes
+                    fill()
+                    running = [f for f, _ in window if not f.done()]
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    wait(running, left, FIRST_COMPLETED)
                 if end is None:
                     values, errs = fut.result()
                 else:

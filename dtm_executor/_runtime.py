@@ -283,12 +283,12 @@ class Node:
         kind = msg[0]
         if kind == TASKS:
             assert self.worker is not None
-            self.worker.on_tasks(src, msg[1], frames)
+            self.worker.on_tasks(src, msg[1], frames, msg[2])
         elif kind == RESULTS:
             self.on_results(src, msg[1], frames)
         elif kind == REQ:
             assert self.hub is not None
-            self.hub.on_req(src, msg[1], msg[2])
+            self.hub.on_req(src, msg[1], msg[2], msg[3])
         elif kind == STEAL:
             if self.worker is not None:
                 self.worker.on_steal(msg[1])
@@ -417,6 +417,7 @@ class Node:
         if fut is None:
             return
         fut._dtm_dur = dur
+        fut._dtm_task = None  # break the future <-> task cycle: let refcounting free both
         if ok:
             if task.kind == CHUNK and value[1]:
                 for i, e in value[1]:
@@ -516,6 +517,8 @@ class Worker:
         self.hint = False
         self.dur: float | None = None
         self.want = 1
+        self.hub_seq = 0  # dispatches received from the hub (echoed in REQ to spot stale ones)
+        self.ntomb = 0  # claimed tasks still sitting in ``ready``
         self._out: dict[int, tuple[list[Any], list[Any]]] = {}
         self._out_lock = threading.Lock()
         self._out_n = 0
@@ -607,6 +610,8 @@ class Worker:
                 t.state = CLAIMED
                 self.nqueued -= 1
                 return t
+            if t.state == CLAIMED and self.ntomb:
+                self.ntomb -= 1
         inbox = self.inbox
         while inbox:
             t = inbox.popleft()
@@ -621,7 +626,7 @@ class Worker:
     def _maybe_request_locked(self) -> None:
         if not self.req_outstanding and self.ninbox <= self.want // 2:
             self.req_outstanding = True
-            self.node.send(0, (REQ, max(1, self.want - self.ninbox), False))
+            self.node.send(0, (REQ, max(1, self.want - self.ninbox), False, self.hub_seq))
 
     def _report_idle_locked(self) -> None:
         """Nothing runnable here: ask the hub for work (once per idle period)."""
@@ -629,7 +634,7 @@ class Worker:
             self.idle_reported = True
             self.req_outstanding = True
             self.flush_results()
-            self.node.send(0, (REQ, self.want, True))
+            self.node.send(0, (REQ, self.want, True, self.hub_seq))
 
     def push_local(self, task: _Task) -> None:
         task.home = self
@@ -644,7 +649,7 @@ class Worker:
         if hint:
             self.node.send(0, (HAVEWORK,))
 
-    def on_tasks(self, src: int, descs: list[tuple[Any, ...]], frames: list[Any]) -> None:
+    def on_tasks(self, src: int, descs: list[tuple[Any, ...]], frames: list[Any], from_hub: bool) -> None:
         fc = self.node.fncache
         pos = 1
         tasks = []
@@ -659,6 +664,8 @@ class Worker:
             t.home = self
             tasks.append(t)
         with self.cv:
+            if from_hub:
+                self.hub_seq += 1
             self.inbox.extend(tasks)
             self.nqueued += len(tasks)
             self.ninbox += len(tasks)
@@ -744,7 +751,7 @@ class Worker:
         if not descs:
             node.send(0, (NOWORK, thief))
             return
-        node.send(thief, (TASKS, descs), bufs)
+        node.send(thief, (TASKS, descs, False), bufs)
 
     def forget(self, rank: int, retry: list[_Task]) -> None:
         """Requeue our tasks that were lost with ``rank``; drop queued work it owned."""
@@ -784,6 +791,14 @@ class Worker:
                 return None
             best.state = CLAIMED
             self.nqueued -= 1
+            ready = self.ready
+            if ready and ready[-1] is best:  # the usual submit-then-wait: leave no tombstone
+                ready.pop()
+            else:
+                self.ntomb += 1
+                if self.ntomb > 1024 and self.ntomb > 2 * len(ready) // 3:
+                    self.ready = collections.deque(t for t in ready if t.state == QUEUED)
+                    self.ntomb = 0
         return best
 
     def _execute(self, task: _Task) -> None:
@@ -1050,6 +1065,7 @@ class Hub:
         self.shutdown = False
         self._last_poll = 0.0
         self._rr = 0
+        self.sent_seq: dict[int, int] = {}
 
     def submit(self, task: _Task) -> None:
         with self.lock:
@@ -1098,7 +1114,11 @@ class Hub:
             self.nwaiting += (new in waiting) - (old in waiting)
         self.state[w] = new
 
-    def on_req(self, src: int, want: int, idle: bool) -> None:
+    def on_req(self, src: int, want: int, idle: bool, seen: int) -> None:
+        if src not in self.state:
+            return  # a worker already given up for lost
+        if seen < self.sent_seq.get(src, 0):
+            return  # it asked before our last dispatch reached it; it will ask again if need be
         self.want[src] = want
         st = self.state[src]
         if idle:
@@ -1147,8 +1167,8 @@ class Hub:
             sent: list[_Task] = []
             while self.pending and not sent:  # cancelled tasks must not use up w's turn
                 batch: list[_Task] = []
-                with self.lock:
-                    n = self.want[w]
+                with self.lock:  # its want, but no more than a fair share of the queue
+                    n = min(self.want[w], -(-len(self.pending) // max(1, len(self.state))))
                     while self.pending and len(batch) < n:
                         batch.append(self.pending.popleft())
                 for t in batch:
@@ -1203,7 +1223,8 @@ class Hub:
             descs.append((t.owner, t.tid, t.fid, fc.outgoing(w, t.fid, t.fnblob), t.blob,
                           len(t.bufs), 0, t.kind, None))
             bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
-        node.send(w, (TASKS, descs), bufs)
+        self.sent_seq[w] = self.sent_seq.get(w, 0) + 1
+        node.send(w, (TASKS, descs, True), bufs)
 
     def make_task(self, fn: Callable[..., Any], payload: Any, kind: int) -> tuple[_Task, DTMFuture]:
         node = self.node
