@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transport for DTMExecutor() when the script does not name one: "
                         "auto (default: MPI under mpiexec with several ranks, else local), local, mpi, "
                         "tcp, ...")
+    p.add_argument("--hostfile", default=None, metavar="FILE",
+                   help="run the workers on the hosts of this MPI-style hostfile over TCP/SSH "
+                        "(implies --transport tcp; see docs/tcp.md)")
     p.add_argument("script", help="the Python script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     return p
@@ -57,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # main module looked interactive: functions of the script can travel by reference.
     _serial.refresh_main_policy()
 
+    if ns.hostfile is not None:
+        if not os.path.exists(ns.hostfile):
+            parser.error(f"no such hostfile: {ns.hostfile}")
+        from ._hostfile import ENV_HOSTFILE
+
+        os.environ[ENV_HOSTFILE] = os.path.abspath(ns.hostfile)
+        if ns.transport is None:
+            ns.transport = "tcp"
     transport = (ns.transport or "auto").strip().lower()
     if transport != "auto" and transport not in _executor._POOLS:
         parser.error(f"unknown transport {ns.transport!r}; expected one of {sorted(_executor._POOLS)} or auto")

@@ -267,9 +267,14 @@ def _choose_transport(transport: str) -> str:
     if transport == "auto":
         transport = os.environ.get("DTM_EXECUTOR_TRANSPORT", "").strip().lower() or "auto"
     if transport == "auto":
+        from ._hostfile import ENV_HOSTFILE, argv_hostfile
         from ._mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
 
-        return "mpi" if under_mpi_with_peers() else "local"
+        if under_mpi_with_peers():
+            return "mpi"
+        if argv_hostfile() or os.environ.get(ENV_HOSTFILE):  # --dtmTCPhosts=FILE, --hostfile
+            return "tcp"
+        return "local"
     if transport not in _POOLS:
         raise ValueError(f"unknown transport {transport!r}; expected one of {sorted(_POOLS)} or 'auto'")
     return transport
