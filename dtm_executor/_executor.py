@@ -13,7 +13,6 @@ from concurrent.futures import Executor, Future
 from concurrent.futures import BrokenExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-import cloudpickle
 
 from . import _local, _map, _options, _runtime, _serial
 from ._control import ControlMixin

@@ -272,7 +272,7 @@ def run_script(tmp_path: Any) -> Iterator[Callable[..., ScriptRun]]:
         if run.proc.poll() is None:
             run.kill()
             run.proc.wait(10)
-        if not wait_until(lambda: not run.members(), LEFTOVER_GRACE):
+        if not wait_until(lambda run=run: not run.members(), LEFTOVER_GRACE):
             left += [_describe(p) for p in run.members()]
             run.kill()
         for stream in (run.proc.stdout, run.proc.stderr):

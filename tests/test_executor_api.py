@@ -11,7 +11,6 @@ import gc
 import itertools
 import os
 import pickle
-import sys
 import textwrap
 import threading
 import time
@@ -218,7 +217,7 @@ def test_map_reads_ahead_a_bounded_number_of_slow_items(ex2):
 
     def source():
         nonlocal pulled
-        for i in range(10**9):
+        for _ in range(10**9):
             pulled += 1
             yield 0.005
 

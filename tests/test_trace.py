@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
