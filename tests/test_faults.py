@@ -1,4 +1,5 @@
-"""Worker loss on the local transport: lost work is re-run, or fails loudly with max_retries=0."""
+"""Worker loss on the local and TCP transports: lost work is re-run, or fails loudly with
+max_retries=0. (TCP here uses workers on localhost, connected and authenticated over TCP.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import pytest
 from dtm_executor import DTMExecutor, WorkerLostError, current_executor
 
 pytestmark = pytest.mark.timeout(120)
+
+TRANSPORTS = [
+    pytest.param({}, id="local"),
+    pytest.param({"transport": "tcp", "hosts": ["localhost slots=3"]}, id="tcp"),
+]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def pool3(request):
+    """A factory of 3-worker executors on each transport."""
+    def make(**kw):
+        return DTMExecutor(3, **request.param, **kw)
+    return make
 
 
 def slow_double(x: int) -> tuple[int, int]:
@@ -38,8 +52,8 @@ def _ran_on(ex: DTMExecutor) -> set[int]:
     return {p.pid for p in ex._pool.procs.values()}
 
 
-def test_kill_during_map_results_complete_and_correct() -> None:
-    with DTMExecutor(3) as ex:
+def test_kill_during_map_results_complete_and_correct(pool3) -> None:
+    with pool3() as ex:
         out = []
         pids = set()
         for i, (v, pid) in enumerate(ex.map(slow_double, range(2000), chunksize=5)):
@@ -54,8 +68,8 @@ def test_kill_during_map_results_complete_and_correct() -> None:
         assert len(ex._node.workers) == 2
 
 
-def test_kill_during_submits_each_future_settles_once() -> None:
-    with DTMExecutor(3) as ex:
+def test_kill_during_submits_each_future_settles_once(pool3) -> None:
+    with pool3() as ex:
         fs = [ex.submit(slow_double, i) for i in range(2000)]
         while sum(f.done() for f in fs) < 200:
             time.sleep(0.005)
@@ -63,8 +77,8 @@ def test_kill_during_submits_each_future_settles_once() -> None:
         assert [f.result(timeout=60)[0] for f in fs] == [2 * i for i in range(2000)]
 
 
-def test_kill_during_nested_tree_reruns_subtrees() -> None:
-    with DTMExecutor(3) as ex:
+def test_kill_during_nested_tree_reruns_subtrees(pool3) -> None:
+    with pool3() as ex:
         fut = ex.submit(tree, 8, 0.004)
         time.sleep(0.25)
         assert not fut.done()
@@ -73,8 +87,8 @@ def test_kill_during_nested_tree_reruns_subtrees() -> None:
         assert ex.submit(tree, 4, 0.0).result(timeout=60) == 16
 
 
-def test_max_retries_zero_fails_affected_futures_and_goes_on() -> None:
-    with DTMExecutor(3, max_retries=0) as ex:
+def test_max_retries_zero_fails_affected_futures_and_goes_on(pool3) -> None:
+    with pool3(max_retries=0) as ex:
         fs = [ex.submit(slow_double, i) for i in range(2000)]
         while sum(f.done() for f in fs) < 200:
             time.sleep(0.005)
@@ -90,8 +104,8 @@ def test_max_retries_zero_fails_affected_futures_and_goes_on() -> None:
         assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
 
 
-def test_max_retries_zero_nested_tree_fails_with_worker_lost() -> None:
-    with DTMExecutor(3, max_retries=0) as ex:
+def test_max_retries_zero_nested_tree_fails_with_worker_lost(pool3) -> None:
+    with pool3(max_retries=0) as ex:
         fut = ex.submit(tree, 8, 0.004)
         time.sleep(0.25)
         _kill_worker(ex, 2)
