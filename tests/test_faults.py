@@ -87,10 +87,15 @@ def test_kill_during_nested_tree_reruns_subtrees(pool3) -> None:
         assert ex.submit(tree, 4, 0.0).result(timeout=60) == 16
 
 
+def slow10_double(x: int) -> tuple[int, int]:
+    time.sleep(0.01)  # long enough that the victim is always inside a task when killed
+    return 2 * x, os.getpid()
+
+
 def test_max_retries_zero_fails_affected_futures_and_goes_on(pool3) -> None:
     with pool3(max_retries=0) as ex:
-        fs = [ex.submit(slow_double, i) for i in range(2000)]
-        while sum(f.done() for f in fs) < 200:
+        fs = [ex.submit(slow10_double, i) for i in range(600)]
+        while sum(f.done() for f in fs) < 60:
             time.sleep(0.005)
         _kill_worker(ex, 2)
         lost = 0
