@@ -10,7 +10,6 @@ import pickle
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from concurrent.futures import BrokenExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 
@@ -24,11 +23,7 @@ log = logging.getLogger("dtm_executor")
 T = TypeVar("T")
 
 
-class BrokenDTMExecutor(BrokenExecutor):
-    """The executor cannot go on (a worker failed to start, or died and could not be replaced)."""
-
-
-_runtime.BrokenDTMExecutor = BrokenDTMExecutor  # type: ignore[misc]
+BrokenDTMExecutor = _runtime.BrokenDTMExecutor
 
 _live: "weakref.WeakSet[DTMExecutor]" = weakref.WeakSet()
 _last_created: list[weakref.ReferenceType[DTMExecutor]] = []
@@ -116,7 +111,8 @@ class DTMExecutor(ControlMixin, Executor):
                     workers=list(self._pool.workers), max_threads=max_threads)
         self._max_workers = len(self._pool.workers)
         self._node = node
-        self._hub = node.hub
+        assert node.hub is not None
+        self._hub: _runtime.Hub = node.hub
         node.on_lost = functools.partial(_on_worker_lost, node, self._pool)  # no ref to self
         node.max_retries = max_retries
         if trace_dir is not None:

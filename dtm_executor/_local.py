@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ._transport import Buffer, FrameError, Received, _Channel, _Waker
 
@@ -280,10 +280,28 @@ def worker_main() -> None:
         _, frames = ch.recv()
     except (EOFError, OSError):
         os._exit(0)
-    rank = pickle.loads(frames[0])
-    size, prep, options = pickle.loads(frames[1])
+
+    def report(text: str) -> None:
+        from . import _runtime
+
+        ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
+
+    serve(frames, report, lambda rank, size: LocalWorkerTransport(ch, rank, size))
+
+
+def serve(
+    frames: list[Any],
+    report_failure: Callable[[str], None],
+    make_transport: Callable[[int, int], Any],
+    where: str = "",
+) -> None:
+    """Everything a worker does once connected, whatever the transport: import the user's main
+    module and run the initializer (a failure goes to rank 0 as INITFAIL), then serve tasks until
+    rank 0 says stop or goes away. Never returns."""
     from . import _runtime, _serial
 
+    rank = pickle.loads(frames[0])
+    size, prep, options = pickle.loads(frames[1])
     _booting[0] = True
     try:
         if prep is not None:
@@ -297,21 +315,18 @@ def worker_main() -> None:
     except BaseException:  # noqa: BLE001 - reported to rank 0, then this worker ends
         import traceback
 
-        text = traceback.format_exc()
         try:
-            ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
-        except OSError:
+            report_failure(where + traceback.format_exc())
+        except Exception:  # noqa: BLE001 - rank 0 is gone: nobody to tell
             pass
-        os._exit(1)
+        _exit_now(1)
     finally:
         _booting[0] = False
     _configure_worker_process()
-    transport = LocalWorkerTransport(ch, rank, size)
     node = _runtime.Node(
-        transport, hub=False, worker=True, workers=list(range(1, size)),
+        make_transport(rank, size), hub=False, worker=True, workers=list(range(1, size)),
         max_threads=options.get("max_threads", 16),
     )
-
     if options.get("trace"):
         node.trace = []
 

@@ -129,7 +129,7 @@ def chunked_map(
                     bar.update(errs[0][0] if errs else n)
                 sizer.observe(n, getattr(fut, "_dtm_dur", 0.0))
                 fill()
-                fut = None
+                del fut
                 stop = errs[0][0] if errs else len(values)
                 del values[stop:]
                 values.reverse()

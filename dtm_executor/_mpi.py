@@ -630,7 +630,15 @@ def _install_excepthook() -> None:
 
 
 def _finish_rank0_at_exit() -> None:
-    finish_rank0(_State.exit_code or 0)
+    try:  # the program is ending: a Ctrl-C now must not strand the other ranks
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        finish_rank0(_State.exit_code or 0)
+    except BaseException:  # noqa: BLE001 - whatever went wrong, no rank may be left behind
+        if _ENGINE:
+            _ENGINE[0].abort(_State.exit_code or 1)
 
 
 def finish_rank0(code: int) -> None:

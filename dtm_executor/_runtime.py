@@ -22,7 +22,7 @@ import pickle
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 from typing import Any, Callable, Iterable
 
 from . import _serial
@@ -47,8 +47,8 @@ CALL, CHUNK = 0, 1
 _perf = time.perf_counter
 
 
-class BrokenDTMExecutor(Exception):
-    """Placeholder replaced by the public class in `_executor` (kept here to avoid a cycle)."""
+class BrokenDTMExecutor(BrokenExecutor):
+    """The executor cannot go on (a worker failed to start, or every worker is gone)."""
 
 
 class WorkerLostError(Exception):
@@ -70,7 +70,7 @@ class _Task:
         self.args: Any = None
         self.kwargs: Any = None
         self.fid: Any = None
-        self.fnblob: bytes | None = None
+        self.fnblob = b""  # the pickled function, once known
         self.blob: Any = None
         self.bufs: Any = ()
         self.future: DTMFuture | None = None
@@ -85,7 +85,9 @@ class _Task:
         return f"task #{self.tid} ({name})"
 
 
-def run_chunk(fn: Callable[..., Any], items: list[Any], star: bool, kwargs: dict[str, Any]):
+def run_chunk(
+    fn: Callable[..., Any], items: list[Any], star: bool, kwargs: dict[str, Any]
+) -> tuple[list[Any], list[tuple[int, BaseException]] | None]:
     """Apply ``fn`` to every item; per-item exceptions are kept so ``map`` raises at that item."""
     errs: list[tuple[int, BaseException]] | None = None
     if star:
@@ -311,9 +313,7 @@ class Node:
         elif kind == LOST:
             self.worker_lost(msg[1], msg[2])
         elif kind == INITFAIL:
-            from ._executor import BrokenDTMExecutor as _B
-
-            self._fail_all(_B(f"worker rank {src} could not start:\n{msg[1]}"))
+            self._fail_all(BrokenDTMExecutor(f"worker rank {src} could not start:\n{msg[1]}"))
         else:  # pragma: no cover
             log.error("unknown message kind %r from rank %d", kind, src)
 
@@ -376,9 +376,7 @@ class Node:
                 if w != self.rank:
                     self.send(w, (LOST, rank, who))
             if not self.workers:
-                from ._executor import BrokenDTMExecutor as _B
-
-                self._fail_all(_B(f"all workers are gone (the last was {who})"))
+                self._fail_all(BrokenDTMExecutor(f"all workers are gone (the last was {who})"))
 
     # -- results -------------------------------------------------------------------------
     def on_results(self, src: int, entries: list[tuple[Any, ...]], frames: list[Any]) -> None:
@@ -812,6 +810,7 @@ class Worker:
         if tracing:
             wall0 = time.time()
         t0 = _perf()
+        value: Any
         try:
             try:
                 if task.fn is None:
@@ -840,7 +839,7 @@ class Worker:
         st[1] += 1
         st[2] += dur
         st[3] += n
-        if tracing:
+        if tracing and self.node.trace is not None:
             self.node.trace.append(("task", wall0, dur, task.owner, task.tid, task.parent, st[0],
                                     threading.current_thread().name, ok, n, len(stack)))
         per = dur / max(1, n)
@@ -875,12 +874,13 @@ class Worker:
     def _deliver(self, task: _Task, ok: bool, value: Any, dur: float) -> None:
         if task.owner == self.rank:
             node = self.node
-            orig: _Task | None = task
+            orig = task
             if task.future is None:  # it came back to its owner through messages
                 with node.owned_lock:
-                    orig = node.owned.pop(task.tid, None)
-                if orig is None:
+                    found = node.owned.pop(task.tid, None)
+                if found is None:
                     return
+                orig = found
             if orig.depth == 0 and node.hub is not None:
                 node.hub.settled(orig)
             node.finish(orig, ok, value, dur)

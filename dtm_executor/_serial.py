@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import pickle
 import sys
+import functools
 import threading
 import weakref
 from typing import Any, Callable
@@ -148,7 +149,7 @@ class FunctionCache:
             self._count += 1
             fid = (self._rank, self._count)
             try:
-                ref = weakref.ref(fn, lambda r, key=key: self._drop(key, r))
+                ref: weakref.ref[Any] = weakref.ref(fn, functools.partial(self._drop, key))
             except TypeError:
                 return fid, data  # not weakly referenceable: not cached
             self._by_id[key] = (ref, fid, data)

@@ -421,7 +421,7 @@ def _read_config() -> dict[str, Any]:
 
 def _drain_stdin() -> None:
     try:
-        while sys.stdin.buffer.read1(4096):
+        while sys.stdin.buffer.read1(4096):  # type: ignore[union-attr]
             pass
     except (OSError, ValueError):
         pass
@@ -524,45 +524,10 @@ def tcp_worker_main() -> None:
         _, frames = ch.recv_blocking()
     except (EOFError, OSError, FrameError):
         _flush_exit(0)
-    # From here on as _local.worker_main (kept in step with it).
-    rank = pickle.loads(frames[0])
-    size, prep, options = pickle.loads(frames[1])
-    from . import _runtime, _serial
+    from . import _runtime
 
-    _local._booting[0] = True
-    try:
-        if prep is not None:
-            import multiprocessing.spawn as mpspawn
+    def report(text: str) -> None:
+        ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
 
-            mpspawn.prepare(prep)
-        _serial.refresh_main_policy()
-        initializer, initargs = pickle.loads(frames[2])
-        if initializer is not None:
-            initializer(*initargs)
-    except BaseException:  # noqa: BLE001 - reported to rank 0, then this worker ends
-        import traceback
-
-        text = f"(on host {socket.gethostname()})\n" + traceback.format_exc()
-        try:
-            ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
-        except (OSError, FrameError):
-            pass
-        _flush_exit(1)
-    finally:
-        _local._booting[0] = False
-    _local._configure_worker_process()
-    transport = _tcp.TcpWorkerTransport(ch, rank, size)
-    node = _runtime.Node(
-        transport, hub=False, worker=True, workers=list(range(1, size)),
-        max_threads=options.get("max_threads", 16),
-    )
-
-    def stop() -> None:
-        node.flush_sends(2.0)
-        _local._exit_now(0)
-
-    node.on_stop = stop
-    node.on_lost = lambda src: _local._exit_now(0)  # rank 0 is gone: nobody wants our results
-    node.start(comm_in_thread=False)
-    node.comm_loop()
-    _local._exit_now(0)
+    _local.serve(frames, report, lambda rank, size: _tcp.TcpWorkerTransport(ch, rank, size),
+                 where=f"(on host {socket.gethostname()})\n")

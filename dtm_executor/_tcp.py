@@ -39,7 +39,7 @@ import ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from ._transport import Buffer, FrameError, Received, _Waker
 
@@ -332,7 +332,7 @@ class _Conn:
         while True:
             with self._tls_lock:
                 try:
-                    n = obj.read(len(view), view)
+                    n = cast(int, obj.read(len(view), view))  # with a buffer: a byte count
                 except ssl.SSLWantReadError:
                     n = -1
                 except ssl.SSLZeroReturnError:

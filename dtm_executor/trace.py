@@ -99,7 +99,7 @@ def _tree_shape(tasks: Sequence[_Task]) -> tuple[int, int, int, int]:
     parent = {t.id: t.parent for t in tasks}
     depth: dict[str, int] = {"root": 0}
     for start in parent:
-        chain = []
+        chain: list[str] = []
         node = start
         while node not in depth and len(chain) <= len(parent):
             chain.append(node)
