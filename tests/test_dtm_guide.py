@@ -135,3 +135,24 @@ def test_guide_programs_under_mpiexec(tmp_path):
     proc = subprocess.run([mpiexec, "-n", "3", sys.executable, str(GUIDE / "intro.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
+
+
+GUIDE_PROGRAMS = ["intro", "isolation", "logfile", "nested_function", "active_waiting", "waiting",
+                  "exceptions", "deap_onemax"]
+
+
+@pytest.mark.skipif("mpi" not in _executor._POOLS, reason="the MPI transport is not installed")
+@pytest.mark.parametrize("name", GUIDE_PROGRAMS)
+def test_every_guide_program_under_mpiexec_as_locally(tmp_path, name):
+    """The guide's own command line (`mpirun -n N python myProgram.py`) on every program: the
+    same status and, but for isolation.py's worker-dependent sums, the same output as locally."""
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    local = run(f"{name}.py", tmp_path)
+    under_mpi = run(f"{name}.py", tmp_path, launcher=[mpiexec, "-n", "3"])
+    assert under_mpi.returncode == local.returncode, under_mpi.stderr
+    if name == "isolation":  # per-worker globals: values differ, the shape does not
+        assert under_mpi.stdout.count("Results : [") == local.stdout.count("Results : [") == 1
+    else:
+        assert under_mpi.stdout == local.stdout, under_mpi.stderr
