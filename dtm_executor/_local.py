@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from ._transport import Buffer, FrameError, Received, _Channel, _Waker
+from ._transport import Buffer, FrameError, Received, _Channel, _Forwarder, _Waker
 
 log = logging.getLogger("dtm_executor")
 
@@ -40,11 +40,8 @@ class LocalHubTransport:
         self._waker = _Waker()
         self._sel.register(self._waker.r, selectors.EVENT_READ, None)
         self._pending: collections.deque[Received] = collections.deque()
-        self._fwd: collections.deque[tuple[int, int, list[memoryview]]] = collections.deque()
-        self._fwd_cv = threading.Condition()
         self._closed = False
-        self._fwd_thread = threading.Thread(target=self._forward_loop, name="dtm-forward", daemon=True)
-        self._fwd_thread.start()
+        self._fwd = _Forwarder(self.channels.get, (OSError,))
 
     @property
     def rank(self) -> int:
@@ -85,9 +82,7 @@ class LocalHubTransport:
             if dest == 0:
                 self._pending.append((rank, frames))
             else:
-                with self._fwd_cv:
-                    self._fwd.append((dest, rank, frames))
-                    self._fwd_cv.notify()
+                self._fwd.put(dest, rank, frames)
         return self._pending.popleft() if self._pending else None
 
     def _drop(self, rank: int) -> None:
@@ -100,29 +95,12 @@ class LocalHubTransport:
             pass
         ch.close()
 
-    def _forward_loop(self) -> None:
-        while True:
-            with self._fwd_cv:
-                while not self._fwd and not self._closed:
-                    self._fwd_cv.wait()
-                if self._closed:
-                    return
-                dest, src, frames = self._fwd.popleft()
-            ch = self.channels.get(dest)
-            if ch is None:
-                continue
-            try:
-                ch.send(src, frames)
-            except OSError:
-                pass  # the loss of dest is reported by recv
-
     def wakeup(self) -> None:
         self._waker.wake()
 
     def close(self) -> None:
         self._closed = True
-        with self._fwd_cv:
-            self._fwd_cv.notify_all()
+        self._fwd.close()
         for rank in list(self.channels):
             self._drop(rank)
         try:

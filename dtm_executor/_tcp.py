@@ -41,7 +41,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence, cast
 
-from ._transport import Buffer, FrameError, Received, _Waker
+from ._transport import Buffer, FrameError, Received, _Forwarder, _Waker
 
 log = logging.getLogger("dtm_executor")
 
@@ -722,12 +722,9 @@ class TcpHubTransport:
         self._sel.register(self._waker.r, selectors.EVENT_READ, None)
         self._pending: collections.deque[Received] = collections.deque()
         self._hot: set[int] = set()
-        self._fwd: collections.deque[tuple[int, int, list[memoryview]]] = collections.deque()
-        self._fwd_cv = threading.Condition()
         self._closed = False
         self.listener: Listener | None = None
-        self._fwd_thread = threading.Thread(target=self._forward_loop, name="dtm-forward", daemon=True)
-        self._fwd_thread.start()
+        self._fwd = _Forwarder(self.channels.get, (OSError, FrameError))
 
     @property
     def rank(self) -> int:
@@ -783,9 +780,7 @@ class TcpHubTransport:
             if dest == 0:
                 self._pending.append((rank, frames))
             elif 0 < dest < self._size:
-                with self._fwd_cv:
-                    self._fwd.append((dest, rank, frames))
-                    self._fwd_cv.notify()
+                self._fwd.put(dest, rank, frames)
             else:
                 err = FrameError(f"rank {rank} addressed a message to rank {dest}")
                 break
@@ -812,29 +807,12 @@ class TcpHubTransport:
             pass
         ch.close()
 
-    def _forward_loop(self) -> None:
-        while True:
-            with self._fwd_cv:
-                while not self._fwd and not self._closed:
-                    self._fwd_cv.wait()
-                if self._closed:
-                    return
-                dest, src, frames = self._fwd.popleft()
-            ch = self.channels.get(dest)
-            if ch is None:
-                continue
-            try:
-                ch.send(src, frames)
-            except (OSError, FrameError):
-                pass  # the loss of dest is reported by recv
-
     def wakeup(self) -> None:
         self._waker.wake()
 
     def close(self) -> None:
         self._closed = True
-        with self._fwd_cv:
-            self._fwd_cv.notify_all()
+        self._fwd.close()
         if self.listener is not None:
             self.listener.close()
         for rank in list(self.channels):

@@ -8,13 +8,14 @@ written from their own memory and read into a buffer the unpickler can use witho
 from __future__ import annotations
 
 import array
+import collections
 import mmap
 import os
 import select
 import socket
 import struct
 import threading
-from typing import Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -225,6 +226,45 @@ def _recv_into_exact(sock: socket.socket, view: memoryview) -> None:
         if not got:
             raise EOFError("peer closed the connection mid-frame")
         view = view[got:]
+
+
+class _Forwarder:
+    """Rank 0's relay in a star topology: frames from one worker to another, sent by a thread of
+    its own so that the receiving thread never waits on a slow destination."""
+
+    def __init__(self, channel_of: Callable[[int], Any], errors: tuple[type[BaseException], ...]) -> None:
+        self._channel_of = channel_of
+        self._errors = errors
+        self._q: collections.deque[tuple[int, int, list[memoryview]]] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._loop, name="dtm-forward", daemon=True).start()
+
+    def put(self, dest: int, src: int, frames: list[memoryview]) -> None:
+        with self._cv:
+            self._q.append((dest, src, frames))
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                dest, src, frames = self._q.popleft()
+            ch = self._channel_of(dest)
+            if ch is None:
+                continue
+            try:
+                ch.send(src, frames)
+            except self._errors:
+                pass  # the loss of dest is reported by recv
 
 
 class _Waker:
