@@ -19,14 +19,13 @@ import logging
 import math
 import os
 import pickle
-import sys
 import threading
 import time
 from concurrent.futures import BrokenExecutor, Future
 from typing import Any, Callable, Iterable
 
 from . import _serial
-from ._futures import DONE_STATES, DTMFuture, tls
+from ._futures import DTMFuture, tls
 from ._serial import SerializationError, describe, dumps, fn_name, loads
 from ._transport import Transport
 
@@ -1246,14 +1245,3 @@ class Hub:
         t.future = fut
         return t, fut
 
-
-def in_worker_thread() -> bool:
-    return getattr(tls, "worker", None) is not None
-
-
-def current_task_depth() -> int:
-    stack = getattr(tls, "tasks", None)
-    return stack[-1].depth if stack else 0
-
-
-_ = (os, sys, DONE_STATES)
