@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from ._transport import Buffer, FrameError, Received, _Channel, _Forwarder, _Waker
+from ._transport import Buffer, FrameError, Received, _Channel, _Forwarder, _Waker, _WorkerEnd
 
 log = logging.getLogger("dtm_executor")
 
@@ -110,28 +110,8 @@ class LocalHubTransport:
         self._waker.close()
 
 
-class LocalWorkerTransport:
+class LocalWorkerTransport(_WorkerEnd):
     """A worker's end: everything goes through its channel to rank 0."""
-
-    def __init__(self, ch: _Channel, rank: int, size: int) -> None:
-        self._ch = ch
-        self._rank = rank
-        self._size = size
-        self._waker = _Waker()
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
-        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
-
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
-        self._ch.send(dest, frames)
 
     def recv(self, timeout: float | None = None) -> Received | None:
         try:
@@ -148,13 +128,6 @@ class LocalWorkerTransport:
                 except (EOFError, OSError, FrameError):
                     return (0, None)
         return got
-
-    def wakeup(self) -> None:
-        self._waker.wake()
-
-    def close(self) -> None:
-        self._ch.close()
-        self._waker.close()
 
 
 class LocalPool:

@@ -41,7 +41,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence, cast
 
-from ._transport import Buffer, FrameError, Received, _Forwarder, _Waker
+from ._transport import Buffer, FrameError, Received, _Forwarder, _Pending, _Waker, _WorkerEnd
 
 log = logging.getLogger("dtm_executor")
 
@@ -381,21 +381,14 @@ class _Conn:
             self._flush_soon()
 
     def _sendmsg(self, views: list[memoryview], deadline: float | None) -> None:
-        views = [v for v in views if v.nbytes]
-        while views:
+        pending = _Pending(views)
+        while pending:
             try:
-                sent = self.sock.sendmsg(views[:512])
+                sent = self.sock.sendmsg(pending.head())
             except BlockingIOError:
                 _wait(self.sock, True, deadline)
                 continue
-            while sent:
-                first = views[0]
-                if sent >= first.nbytes:
-                    sent -= first.nbytes
-                    views.pop(0)
-                else:
-                    views[0] = first[sent:]
-                    sent = 0
+            pending.advance(sent)
 
     def _collect(self) -> None:  # under _tls_lock: keep TLS output in generation order
         data = self._out.read()
@@ -826,32 +819,15 @@ class TcpHubTransport:
         self._waker.close()
 
 
-class TcpWorkerTransport:
+class TcpWorkerTransport(_WorkerEnd):
     """A worker's end: everything goes through its channel to rank 0."""
 
     def __init__(self, ch: TcpChannel, rank: int, size: int) -> None:
-        self._ch = ch
-        self._rank = rank
-        self._size = size
+        super().__init__(ch, rank, size)
         self._queue: collections.deque[Received] = collections.deque(ch.backlog)
         ch.backlog.clear()
         self._hot = False
         self._lost = False
-        self._waker = _Waker()
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
-        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
-
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
-        self._ch.send(dest, frames)
 
     def recv(self, timeout: float | None = None) -> Received | None:
         if self._queue:
@@ -879,10 +855,3 @@ class TcpWorkerTransport:
                 self._lost = True
                 self._queue.append((0, None))
         return self._queue.popleft() if self._queue else None
-
-    def wakeup(self) -> None:
-        self._waker.wake()
-
-    def close(self) -> None:
-        self._ch.close()
-        self._waker.close()

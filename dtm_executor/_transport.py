@@ -12,6 +12,7 @@ import collections
 import mmap
 import os
 import select
+import selectors
 import socket
 import struct
 import threading
@@ -159,16 +160,35 @@ class _Channel:
 
 
 def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
-    views = [v for v in views if v.nbytes]  # an empty view would make sendmsg return 0 forever
-    while views:
-        sent = sock.sendmsg(views[:512])
+    pending = _Pending(views)
+    while pending:
+        pending.advance(sock.sendmsg(pending.head()))
+
+
+class _Pending:
+    """Views still to write with ``sendmsg``, consumed as the kernel takes bytes."""
+
+    __slots__ = ("views", "i")
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self.views = [v for v in views if v.nbytes]  # an empty view: sendmsg returns 0 forever
+        self.i = 0
+
+    def __bool__(self) -> bool:
+        return self.i < len(self.views)
+
+    def head(self) -> list[memoryview]:
+        return self.views[self.i : self.i + 512]  # IOV_MAX is 1024 on Linux
+
+    def advance(self, sent: int) -> None:
+        views = self.views
         while sent:
-            first = views[0]
+            first = views[self.i]
             if sent >= first.nbytes:
                 sent -= first.nbytes
-                views.pop(0)
+                self.i += 1
             else:
-                views[0] = first[sent:]
+                views[self.i] = first[sent:]
                 sent = 0
 
 
@@ -265,6 +285,38 @@ class _Forwarder:
                 ch.send(src, frames)
             except self._errors:
                 pass  # the loss of dest is reported by recv
+
+
+class _WorkerEnd:
+    """What a worker's end of a star topology shares across transports: one channel to rank 0
+    (which routes frames for other ranks), a waker, and a selector over both. Subclasses read."""
+
+    def __init__(self, ch: Any, rank: int, size: int) -> None:
+        self._ch = ch
+        self._rank = rank
+        self._size = size
+        self._waker = _Waker()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        self._ch.send(dest, frames)
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._ch.close()
+        self._waker.close()
 
 
 class _Waker:
