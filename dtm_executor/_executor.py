@@ -100,7 +100,8 @@ class DTMExecutor(ControlMixin, Executor):
             init_blob = _serial.dumps_inband((initializer, tuple(initargs)))
         except Exception as e:
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
-        opts = {"max_threads": max_threads, "trace": trace_dir is not None}
+        # everything a worker's own node acts on (nested tasks are owned by workers)
+        opts = {"max_threads": max_threads, "trace": trace_dir is not None, "max_retries": max_retries}
         self._print_summary = bool(print_summary)
         self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
@@ -115,6 +116,7 @@ class DTMExecutor(ControlMixin, Executor):
         self._hub: _runtime.Hub = node.hub
         node.on_lost = functools.partial(_on_worker_lost, node, self._pool)  # no ref to self
         node.max_retries = max_retries
+        node.on_start_failed = getattr(self._pool, "stop_replacing", None)
         if trace_dir is not None:
             node.trace = []
         node.start()
@@ -280,7 +282,17 @@ def _on_worker_lost(node: Node, pool: Any, rank: int) -> None:
         return
     describe = getattr(pool, "describe", None)
     who = describe(rank) if describe is not None else f"worker rank {rank}"
-    log.warning("%s died; its tasks go to the surviving workers", who)
+    replace = getattr(pool, "replace", None)
+    if replace is not None and rank in node.workers:
+        new = replace(rank, list(node.workers), node.call_soon, node.add_worker, node.on_initfail)
+        if new is not None:
+            node.joining.add(new)
+            node.replacements.add(new)
+            log.warning("%s died; its tasks go to the other workers, and rank %d replaces it", who, new)
+        else:
+            log.warning("%s died; its tasks go to the other workers", who)
+    else:
+        log.warning("%s died; its tasks go to the other workers", who)
     node.worker_lost(rank, who)
 
 

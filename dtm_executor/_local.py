@@ -52,7 +52,9 @@ class LocalHubTransport:
         return self._size
 
     def add(self, rank: int, ch: _Channel) -> None:
+        """Serve a worker's channel (from the thread that calls `recv`, or before it runs)."""
         self.channels[rank] = ch
+        self._size = max(self._size, rank + 1)
         self._sel.register(ch.sock, selectors.EVENT_READ, rank)
 
     def send(self, dest: int, frames: Sequence[Buffer]) -> None:
@@ -131,7 +133,7 @@ class LocalWorkerTransport(_WorkerEnd):
 
 
 class LocalPool:
-    """Starts and stops the worker processes of one executor."""
+    """Starts, replaces and stops the worker processes of one executor."""
 
     def __init__(
         self, nworkers: int, options: dict[str, Any], init_blob: bytes, extra: dict[str, Any] | None = None
@@ -142,30 +144,85 @@ class LocalPool:
         self.workers = list(range(1, nworkers + 1))
         self.local_worker = False
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._replacing = True
+        self._next_rank = nworkers + 1
+        self._prep: dict[str, Any] | None
         try:
-            prep = mpspawn.get_preparation_data("dtm-worker")
-            prep.pop("authkey", None)  # multiprocessing's key is not ours to hand out
+            self._prep = mpspawn.get_preparation_data("dtm-worker")
+            self._prep.pop("authkey", None)  # multiprocessing's key is not ours to hand out
         except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
-            prep = None
-        head = pickle.dumps((nworkers + 1, prep, options), 5)
-        cmd = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _BOOT]  # type: ignore[attr-defined]
+            self._prep = None
+        self._options = options
+        self._init_blob = init_blob
+        head = pickle.dumps((nworkers + 1, self._prep, options), 5)
         try:
             for rank in range(1, nworkers + 1):
-                a, b = socket.socketpair()
-                env = dict(os.environ)
-                env[_ENV_FD] = str(b.fileno())
-                env["DTM_EXECUTOR_RANK"] = str(rank)
-                proc = subprocess.Popen(
-                    cmd, pass_fds=(b.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True
-                )
-                b.close()
-                ch = _Channel(a, pass_fds=True)
-                ch.send(0, [pickle.dumps(rank), head, init_blob])
-                self.procs[rank] = proc
-                self.transport.add(rank, ch)
+                self.transport.add(rank, self._spawn(rank, head))
         except BaseException:
             self.kill()
             raise
+
+    def _spawn(self, rank: int, head: bytes) -> _Channel:
+        cmd = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _BOOT]  # type: ignore[attr-defined]
+        a, b = socket.socketpair()
+        env = dict(os.environ)
+        env[_ENV_FD] = str(b.fileno())
+        env["DTM_EXECUTOR_RANK"] = str(rank)
+        with self._lock:
+            if self._closed:
+                a.close()
+                b.close()
+                raise OSError("the pool is shut down")
+            try:
+                proc = subprocess.Popen(
+                    cmd, pass_fds=(b.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True
+                )
+            finally:
+                b.close()
+            self.procs[rank] = proc
+        ch = _Channel(a, pass_fds=True)
+        ch.send(0, [pickle.dumps(rank), head, self._init_blob])
+        return ch
+
+    def replace(
+        self,
+        dead: int,
+        workers: list[int],
+        call_soon: Callable[[Callable[[], None]], None],
+        on_ready: Callable[[int], None],
+        on_failed: Callable[[int, str], None],
+    ) -> int | None:
+        """Start a worker (a new rank) in place of ``dead``; None if we no longer replace.
+
+        The new rank joins on the communication thread (``call_soon``): the hub learns of it
+        before its first request can arrive.
+        """
+        with self._lock:
+            if self._closed or not self._replacing:
+                return None
+            rank = self._next_rank
+            self._next_rank += 1
+        live = [w for w in workers if w != dead] + [rank]
+        head = pickle.dumps((rank + 1, self._prep, dict(self._options, workers=live)), 5)
+        try:
+            ch = self._spawn(rank, head)
+        except Exception as e:  # noqa: BLE001
+            text = f"{type(e).__name__}: {e}"
+            call_soon(lambda: on_failed(rank, text))
+            return rank
+
+        def join() -> None:
+            on_ready(rank)
+            self.transport.add(rank, ch)
+
+        call_soon(join)
+        return rank
+
+    def stop_replacing(self, rank: int) -> None:
+        with self._lock:
+            self._replacing = False
 
     def describe(self, rank: int) -> str:
         p = self.procs.get(rank)
@@ -199,6 +256,8 @@ class LocalPool:
         self.kill()
 
     def kill(self) -> None:
+        with self._lock:
+            self._closed = True
         for p in self.procs.values():
             if p.poll() is None:
                 try:
@@ -275,9 +334,11 @@ def serve(
         _booting[0] = False
     _configure_worker_process()
     node = _runtime.Node(
-        make_transport(rank, size), hub=False, worker=True, workers=list(range(1, size)),
+        make_transport(rank, size), hub=False, worker=True,
+        workers=list(options.get("workers") or range(1, size)),
         max_threads=options.get("max_threads", 16),
     )
+    node.max_retries = options.get("max_retries", node.max_retries)
     if options.get("trace"):
         node.trace = []
 

@@ -605,6 +605,7 @@ def _run_session(eng: _Engine, session: int, opts: dict[str, Any], init_blob: by
         return
     node = _runtime.Node(sess, hub=False, worker=True, workers=list(range(eng.size)),
                          max_threads=opts.get("max_threads", 16))
+    node.max_retries = opts.get("max_retries", node.max_retries)
     if opts.get("trace"):
         node.trace = []
     node.start(comm_in_thread=False)

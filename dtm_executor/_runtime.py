@@ -33,6 +33,13 @@ log = logging.getLogger("dtm_executor")
 
 # message kinds
 TASKS, RESULTS, REQ, STEAL, NOWORK, HAVEWORK, SHUTDOWN, INITFAIL, STOPPED, LOST = range(1, 11)
+#: MOVED(entries): tasks this rank handed on to another rank (tells their owner where they are);
+#: START(tid, attempt) / ACK(tid): a task that has already outlived a worker is about to run here;
+#: JOIN(rank): a replacement worker joined the run.
+MOVED, START, ACK, JOIN = range(11, 15)
+
+#: A rank no MOVED can move a task away from again (it started running there).
+_PINNED = 1 << 62
 
 #: the longest a finished task's result waits to be batched with others (seconds)
 RESULT_DELAY = 0.002
@@ -57,7 +64,8 @@ class WorkerLostError(Exception):
 class _Task:
     __slots__ = (
         "owner", "tid", "kind", "fn", "args", "kwargs", "fid", "fnblob", "blob", "bufs",
-        "future", "depth", "state", "home", "where", "retries", "parent",
+        "future", "depth", "state", "home", "where", "retries", "parent", "attempt", "hop", "ran_on",
+        "suspect",
     )
 
     def __init__(self, owner: int, tid: int, kind: int, depth: int) -> None:
@@ -76,8 +84,16 @@ class _Task:
         self.state = QUEUED
         self.home: Worker | None = None
         self.where = -1  # rank the task was sent to, for owned tasks
-        self.retries = 0
+        self.retries = 0  # workers that died while (possibly) running it: the poison-task count
         self.parent: tuple[int, int] | None = None  # (owner, tid) of the submitting task
+        # Where the task is, as its owner knows it (see "Where every task is" in docs/design.md):
+        # ``attempt`` grows each time the owner re-queues it after a loss, so that news about an
+        # older attempt is ignored; ``hop`` counts hand-overs within an attempt, so that the
+        # owner keeps the newest of MOVED notices that may arrive out of order.
+        self.attempt = 0
+        self.hop = 0
+        self.ran_on = -1  # rank that confirmed (START) it is running this attempt
+        self.suspect = False  # it was on a worker that died: runs only after telling its owner
 
     def label(self) -> str:
         name = fn_name(self.fn) if self.fn is not None else "?"
@@ -138,12 +154,20 @@ class Node:
         self._sendq: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self._send_cv = threading.Condition(threading.Lock())
         self._local: collections.deque[list[Any]] = collections.deque()
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        #: ranks started to replace lost workers and not connected yet (rank 0)
+        self.joining: set[int] = set()
+        #: every rank started to replace a lost worker (rank 0)
+        self.replacements: set[int] = set()
+        #: called with a rank that failed to start (rank 0): stop replacing workers
+        self.on_start_failed: Callable[[int], None] | None = None
         self.closed = False
         self.stopping = False
         self.broken: BaseException | None = None
         self.on_lost: Callable[[int], None] | None = None
         self.max_retries = 3
         self.dead: set[int] = set()
+        self._who: dict[int, str] = {}  # dead rank -> how it was described when it died
         self.describe_rank: Callable[[int], str] = lambda r: f"rank {r}"
         self.on_stop: Callable[[], None] | None = None
         self.worker = Worker(self, max_threads) if worker else None
@@ -248,11 +272,18 @@ class Node:
         if self.worker is not None:
             self.worker.start()
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the communication thread (the one that owns scheduler state)."""
+        self._calls.append(fn)
+        self.transport.wakeup()
+
     def comm_loop(self) -> None:
         tr = self.transport
         hub = self.hub
         try:
             while not self.closed:
+                while self._calls:
+                    self._calls.popleft()()
                 while self._local:
                     self._dispatch(self.rank, self._local.popleft())
                 timeout = hub.poll_interval() if hub is not None else None
@@ -311,8 +342,18 @@ class Node:
                 self.reports_cv.notify_all()
         elif kind == LOST:
             self.worker_lost(msg[1], msg[2])
+        elif kind == MOVED:
+            self.on_moved(src, msg[1])
+        elif kind == START:
+            self.on_start(src, msg[1], msg[2])
+        elif kind == ACK:
+            if self.worker is not None:
+                self.worker.on_ack(src, msg[1])
+        elif kind == JOIN:
+            if msg[1] not in self.workers and msg[1] not in self.dead:
+                self.workers.append(msg[1])
         elif kind == INITFAIL:
-            self._fail_all(BrokenDTMExecutor(f"worker rank {src} could not start:\n{msg[1]}"))
+            self.on_initfail(src, msg[1])
         else:  # pragma: no cover
             log.error("unknown message kind %r from rank %d", kind, src)
 
@@ -339,43 +380,130 @@ class Node:
 
     # -- losing a worker -----------------------------------------------------------------
     def worker_lost(self, rank: int, who: str) -> None:
-        """Re-run (or fail) every task this rank owns that was handed to ``rank``.
+        """Re-run (or fail) every task this rank owns that is on ``rank``, as far as it knows.
 
         Runs on the communication thread of every surviving rank (rank 0 detects the loss and
-        tells the others), so it is ordered with the steals and dispatches that hand work out.
+        tells the others), so it is ordered with the steals, dispatches and MOVED notices that
+        say where tasks are. A task whose MOVED to ``rank`` arrives later is lost then
+        (`on_moved`).
         """
         if rank in self.dead or rank == self.rank:
             return
         self.dead.add(rank)
+        self._who[rank] = who
         if rank in self.workers:
             self.workers.remove(rank)
+        self.joining.discard(rank)
         self.fncache.forget_peer(rank)
+        if self.hub is not None:
+            self.hub.forget_worker(rank)
+        if self.worker is not None:
+            self.worker.forget(rank)
         with self.owned_lock:
             lost = [t for t in self.owned.values() if t.where == rank]
             for t in lost:
                 del self.owned[t.tid]
-        retry: list[_Task] = []
-        for t in lost:
-            t.retries += 1
-            if t.retries > self.max_retries:
-                self.finish(t, False, WorkerLostError(
-                    f"{t.label()} was running on {who}, which died; "
-                    f"given up after {t.retries} attempt(s) (max_retries={self.max_retries})"), 0.0)
-                if self.hub is not None and t.depth == 0:
-                    self.hub.settled(t)
-            else:
-                log.warning("%s was on %s, which died: running it again (attempt %d)",
-                            t.label(), who, t.retries + 1)
-                retry.append(t)
-        if self.worker is not None:
-            self.worker.forget(rank, [t for t in retry if t.depth > 0 or self.hub is None])
+        self._requeue(lost, rank, who)
         if self.hub is not None:
-            self.hub.worker_lost(rank, [t for t in retry if t.depth == 0])
             for w in self.workers:
                 if w != self.rank:
                     self.send(w, (LOST, rank, who))
-            if not self.workers:
+            if not self.workers and not self.joining:
                 self._fail_all(BrokenDTMExecutor(f"all workers are gone (the last was {who})"))
+
+    def _requeue(self, lost: list[_Task], rank: int, who: str) -> None:
+        """Queue again (or fail) owned tasks that were on ``rank`` when it died.
+
+        The poison-task rule: a loss counts against a task if the task confirmed it was running
+        there (`START`), or if it had never been on a lost worker before (then nobody knows
+        whether it was running). A task counted more than ``max_retries`` times fails with
+        `WorkerLostError`; one that was only queued on the dead worker goes back unharmed.
+        """
+        retry: list[_Task] = []
+        for t in lost:
+            if t.ran_on == rank or not t.suspect:
+                t.retries += 1
+            t.suspect = True
+            t.attempt += 1
+            t.ran_on = -1
+            t.where = -1
+            if t.retries > self.max_retries:
+                self.finish(t, False, WorkerLostError(
+                    f"{t.label()} was running on {who}, which died; given up after {t.retries} "
+                    f"lost worker(s) (max_retries={self.max_retries})"), 0.0)
+                if self.hub is not None and t.depth == 0:
+                    self.hub.settled(t)
+            else:
+                log.debug("%s was on %s, which died: queued again (lost %d time(s))",
+                          t.label(), who, t.retries)
+                retry.append(t)
+        if not retry:
+            return
+        mine = [t for t in retry if t.depth > 0 or self.hub is None]
+        if mine:
+            assert self.worker is not None
+            self.worker.requeue(mine)
+        if self.hub is not None:
+            self.hub.requeue([t for t in retry if t.depth == 0 and t not in mine])
+
+    def on_moved(self, src: int, entries: list[tuple[int, int, int, int]]) -> None:
+        """``src`` handed tasks we own on to another rank: remember the newest location."""
+        gone: dict[int, list[_Task]] = {}
+        with self.owned_lock:
+            for tid, dest, attempt, hop in entries:
+                t = self.owned.get(tid)
+                if t is None or t.attempt != attempt or hop <= t.hop:
+                    continue  # settled, re-queued since, or older news
+                t.hop = hop
+                t.where = dest
+                if dest in self.dead:  # it went to a rank that died before we heard of the move
+                    del self.owned[tid]
+                    gone.setdefault(dest, []).append(t)
+        for dest, tasks in gone.items():
+            self._requeue(tasks, dest, self._who.get(dest, f"rank {dest}"))
+
+    def on_start(self, src: int, tid: int, attempt: int) -> None:
+        """A task that has outlived a worker is starting on ``src``: note it, then let it run."""
+        with self.owned_lock:
+            t = self.owned.get(tid)
+            if t is not None and t.attempt == attempt:
+                t.ran_on = src
+                t.where = src
+                t.hop = _PINNED  # running tasks never move: ignore older MOVED notices
+        self.send(src, (ACK, tid))
+
+    def on_initfail(self, src: int, text: str) -> None:
+        """A worker could not start: at start-up the executor is broken; a replacement is
+        reported and the run goes on with the workers it has (none are replaced after that)."""
+        if src not in self.replacements:
+            self._fail_all(BrokenDTMExecutor(f"worker rank {src} could not start:\n{text}"))
+            return
+        log.error("replacement worker rank %d could not start; no more workers will be "
+                  "replaced:\n%s", src, text)
+        if self.on_start_failed is not None:
+            self.on_start_failed(src)
+        self.joining.discard(src)
+        self.dead.add(src)
+        self._who[src] = f"replacement worker rank {src}"
+        if src in self.workers:
+            self.workers.remove(src)
+        if self.hub is not None:
+            self.hub.forget_worker(src)
+        if not self.workers and not self.joining:
+            self._fail_all(BrokenDTMExecutor(
+                f"all workers are gone and a replacement (rank {src}) could not start:\n{text}"))
+
+    def add_worker(self, rank: int) -> None:
+        """A replacement worker is connected (communication thread of rank 0)."""
+        self.joining.discard(rank)
+        if self.closed or rank in self.dead or rank in self.workers:
+            return
+        for w in self.workers:
+            if w != self.rank:
+                self.send(w, (JOIN, rank))
+        self.workers.append(rank)
+        if self.hub is not None:
+            self.hub.add_worker(rank)
 
     # -- results -------------------------------------------------------------------------
     def on_results(self, src: int, entries: list[tuple[Any, ...]], frames: list[Any]) -> None:
@@ -527,6 +655,8 @@ class Worker:
         self.started = time.time()
         #: function key -> [name, count, total seconds, items]
         self.fn_stats: dict[Any, list[Any]] = {}
+        #: (owner, tid) -> set when the owner acknowledged START for a suspect task
+        self._acks: dict[tuple[int, int], threading.Event] = {}
 
     # -- threads -------------------------------------------------------------------------
     def start(self) -> None:
@@ -650,9 +780,12 @@ class Worker:
         fc = self.node.fncache
         pos = 1
         tasks = []
-        for owner, tid, fid, fnblob, blob, nb, depth, kind, parent in descs:
+        for owner, tid, fid, fnblob, blob, nb, depth, kind, parent, attempt, hop in descs:
             t = _Task(owner, tid, kind, depth)
             t.parent = parent
+            t.attempt = attempt
+            t.hop = hop
+            t.suspect = attempt > 0
             t.fid = fid
             t.fnblob = fc.incoming(src, fid, fnblob)
             t.blob = blob
@@ -717,6 +850,7 @@ class Worker:
         fc = node.fncache
         descs = []
         bufs: list[Any] = []
+        moved: dict[int, list[tuple[int, int, int, int]]] = {}
         for t in grab:
             if t.blob is None:  # a local child: serialize it now, only because it moves
                 fut = t.future
@@ -741,26 +875,41 @@ class Worker:
                 t.args = t.kwargs = None
             if t.owner == node.rank:
                 with node.owned_lock:  # a hub task sent to this rank's own worker is owned already
-                    node.owned.setdefault(t.tid, t).where = thief
+                    o = node.owned.setdefault(t.tid, t)
+                    o.where = thief
+                    o.hop += 1
+                    attempt, hop = o.attempt, o.hop
+            else:  # handed on: its owner must learn where it went (after the task is sent)
+                t.hop += 1
+                attempt, hop = t.attempt, t.hop
+                moved.setdefault(t.owner, []).append((t.tid, thief, attempt, hop))
             descs.append((t.owner, t.tid, t.fid, fc.outgoing(thief, t.fid, t.fnblob), t.blob,
-                          len(t.bufs), t.depth, t.kind, t.parent))
+                          len(t.bufs), t.depth, t.kind, t.parent, attempt, hop))
             bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
         if not descs:
             node.send(0, (NOWORK, thief))
             return
         node.send(thief, (TASKS, descs, False), bufs)
+        for owner, entries in moved.items():
+            node.send(owner, (MOVED, entries))
 
-    def forget(self, rank: int, retry: list[_Task]) -> None:
-        """Requeue our tasks that were lost with ``rank``; drop queued work it owned."""
+    def requeue(self, tasks: list[_Task]) -> None:
+        """Queue again, here, tasks we own that were lost with a worker."""
         with self.cv:
-            for t in retry:
+            for t in tasks:
                 t.fn = None  # rebuild from the pickled form kept for this purpose
                 t.state = QUEUED
-                t.where = -1
                 t.home = self
                 self.inbox.appendleft(t)
                 self.nqueued += 1
                 self.ninbox += 1
+            self.idle_reported = False
+            self._maybe_spawn_locked()
+            self.cv.notify_all()
+
+    def forget(self, rank: int) -> None:
+        """Drop queued work owned by ``rank``, which died: nobody wants its results."""
+        with self.cv:
             for q in (self.inbox, self.ready):
                 for t in q:
                     if t.state == QUEUED and t.owner == rank:
@@ -768,9 +917,31 @@ class Worker:
                         self.nqueued -= 1
                         if q is self.inbox:
                             self.ninbox -= 1
+            for key in [k for k in self._acks if k[0] == rank]:
+                self._acks.pop(key).set()  # its owner is gone: nothing to wait for
             self.idle_reported = False
             self._maybe_spawn_locked()
             self.cv.notify_all()
+
+    def on_ack(self, owner: int, tid: int) -> None:
+        ev = self._acks.pop((owner, tid), None)
+        if ev is not None:
+            ev.set()
+
+    def _announce(self, task: _Task) -> None:
+        """Tell the owner of a task that has outlived a worker that it runs here, and wait
+        until the owner knows: if this worker dies now, the loss counts against the task (the
+        poison-task rule) and not against tasks that were merely queued beside it."""
+        node = self.node
+        ev = threading.Event()
+        key = (task.owner, task.tid)
+        self._acks[key] = ev
+        node.send(task.owner, (START, task.tid, task.attempt))
+        deadline = time.monotonic() + 30.0
+        while not ev.wait(0.5):
+            if node.closed or task.owner in node.dead or time.monotonic() > deadline:
+                self._acks.pop(key, None)
+                return
 
     # -- running -------------------------------------------------------------------------
     def _claim(self, futs: Iterable[Future[Any]]) -> _Task | None:
@@ -803,6 +974,8 @@ class Worker:
         if fut is not None and fut._state in ("PENDING", "CANCELLED"):  # a local child
             if not fut.set_running_or_notify_cancel():  # cancelled: tell its waiters, skip it
                 return
+        elif task.suspect and task.owner != self.rank:
+            self._announce(task)
         stack = tls.tasks
         stack.append(task)
         tracing = self.node.trace is not None
@@ -1192,14 +1365,26 @@ class Hub:
                     self._rr += 1
                     self._steal_for(w, victims[self._rr % len(victims)])
 
-    def worker_lost(self, rank: int, retry: list[_Task]) -> None:
+    def forget_worker(self, rank: int) -> None:
+        if rank not in self.state:
+            return
         self._set(rank, self.NONE)
         self.state.pop(rank, None)
         self.tried.pop(rank, None)
+        self.want.pop(rank, None)
+        self.sent_seq.pop(rank, None)
         for w, st in self.state.items():
             self.tried[w].discard(rank)
             if st == self.STEALING:  # its victim may have been the dead one
                 self._set(w, self.IDLE)
+
+    def add_worker(self, rank: int) -> None:
+        self.state[rank] = self.NONE
+        self.want[rank] = 1
+        self.tried[rank] = set()
+
+    def requeue(self, retry: list[_Task]) -> None:
+        """Top-level tasks lost with a worker go back to the front of the queue."""
         for t in retry:
             t.where = -1
         with self.lock:
@@ -1216,11 +1401,12 @@ class Hub:
         descs = []
         bufs: list[Any] = []
         for t in tasks:
-            t.where = w
             with node.owned_lock:
+                t.where = w
+                t.hop += 1
                 node.owned[t.tid] = t
             descs.append((t.owner, t.tid, t.fid, fc.outgoing(w, t.fid, t.fnblob), t.blob,
-                          len(t.bufs), 0, t.kind, None))
+                          len(t.bufs), 0, t.kind, None, t.attempt, t.hop))
             bufs.extend(b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in t.bufs)
         self.sent_seq[w] = self.sent_seq.get(w, 0) + 1
         node.send(w, (TASKS, descs, True), bufs)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import _hostfile, _tcp
 from ._hostfile import HostSpec
@@ -233,6 +233,12 @@ class TcpPool:
         if prep is not None and remote_dir:
             remote_head = pickle.dumps((nworkers + 1, dict(prep, dir=remote_dir), opts), 5)
 
+        self._lock = threading.Lock()
+        self._closed = False
+        self._replacing = True
+        self._next_rank = nworkers + 1
+        self._replace_ctx = (prep, opts, init_blob, ssh_command, remote_python, remote_dir,
+                             listen_address, route, local_addr)
         base = {
             "v": 1,
             "port": self.address[1],
@@ -242,6 +248,7 @@ class TcpPool:
             "handshake_timeout": handshake_timeout,
             "max_frame_bytes": max_frame_bytes,
         }
+        self._base = base
         try:
             rank = 1
             for spec in specs:
@@ -273,6 +280,79 @@ class TcpPool:
                 ch.close()
             self.transport.close()
             raise
+
+    # -- replacing a lost worker -------------------------------------------------------------
+    def replace(
+        self,
+        dead: int,
+        workers: list[int],
+        call_soon: Callable[[Callable[[], None]], None],
+        on_ready: Callable[[int], None],
+        on_failed: Callable[[int, str], None],
+    ) -> int | None:
+        """Start a worker (a new rank) on the host of ``dead``; None if we no longer replace.
+
+        The start (ssh, connect, authenticate) runs in a thread of its own; the new rank joins
+        on the communication thread (``call_soon``), before its first request can arrive.
+        """
+        with self._lock:
+            if self._closed or not self._replacing:
+                return None
+            rank = self._next_rank
+            self._next_rank += 1
+        host = self.hosts.get(dead, "localhost")
+        self.hosts[rank] = host
+        live = [w for w in workers if w != dead] + [rank]
+        threading.Thread(target=self._start_replacement, name=f"dtm-replace-{rank}", daemon=True,
+                         args=(rank, host, live, call_soon, on_ready, on_failed)).start()
+        return rank
+
+    def _start_replacement(
+        self, rank: int, host: str, live: list[int], call_soon: Callable[[Callable[[], None]], None],
+        on_ready: Callable[[int], None], on_failed: Callable[[int, str], None],
+    ) -> None:
+        prep, opts, init_blob, ssh_command, remote_python, remote_dir, listen_address, route, local_addr = (
+            self._replace_ctx)
+        opts = dict(opts, workers=live)
+        listener = self.transport.listener
+        try:
+            assert listener is not None
+            listener.expect([rank])
+            spec_local = _hostfile.is_local(host)
+            with self._lock:
+                if self._closed:
+                    return
+                if spec_local:
+                    launch = self._start_local(rank)
+                    launch.send_config(dict(self._base, host=local_addr, rank=rank))
+                else:
+                    launch = self._start_remote(host, [rank], ssh_command, remote_python, remote_dir)
+                    launch.send_config(dict(self._base, host=listen_address or route.get(host), ranks=[rank]))
+            deadline = time.monotonic() + self.start_timeout
+            with self._cv:
+                while rank not in self._chans and not self._closed:
+                    if launch.proc.poll() is not None or time.monotonic() >= deadline:
+                        raise OSError(self._describe_failure(launch))
+                    self._cv.wait(0.05)
+                ch = self._chans.get(rank)
+            if ch is None:
+                return  # shut down meanwhile
+            p = prep if not launch.remote or not remote_dir or prep is None else dict(prep, dir=remote_dir)
+            ch.send(0, [pickle.dumps(rank), pickle.dumps((rank + 1, p, opts), 5), init_blob])
+        except Exception as e:  # noqa: BLE001 - reported on the communication thread
+            text = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            call_soon(lambda: on_failed(rank, text))
+            return
+
+        def join() -> None:
+            on_ready(rank)
+            self.transport.add(rank, ch)
+
+        call_soon(join)
+
+    def stop_replacing(self, rank: int) -> None:
+        with self._lock:
+            self._replacing = False
 
     # -- starting ------------------------------------------------------------------------
     def _start_local(self, rank: int) -> _Launch:
@@ -382,6 +462,10 @@ class TcpPool:
 
     def kill(self) -> None:
         """Close every worker's standard input (they exit on EOF), then end what is left."""
+        with self._lock:
+            self._closed = True
+        with self._cv:
+            self._cv.notify_all()
         for ln in self._launches:
             ln.close_stdin()
         end = time.monotonic() + 1.0

@@ -729,6 +729,7 @@ class TcpHubTransport:
 
     def add(self, rank: int, ch: TcpChannel) -> None:
         """Start serving an authenticated channel (safe from any thread)."""
+        self._size = max(self._size, rank + 1)
         self.channels[rank] = ch
         self._new.append((rank, ch))
         self._waker.wake()

@@ -11,6 +11,7 @@ import pytest
 
 from dtm_executor import DTMExecutor, WorkerLostError, current_executor
 
+
 pytestmark = pytest.mark.timeout(120)
 
 TRANSPORTS = [
@@ -42,6 +43,15 @@ def tree(depth: int, leaf_seconds: float) -> int:
     return a.result() + b.result()
 
 
+def wait_until(pred, timeout: float):
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _kill_worker(ex: DTMExecutor, rank: int) -> int:
     pid = ex._pool.procs[rank].pid
     os.kill(pid, signal.SIGKILL)
@@ -63,9 +73,10 @@ def test_kill_during_map_results_complete_and_correct(pool3) -> None:
                 dead = _kill_worker(ex, 2)
         assert out == [2 * i for i in range(2000)]
         assert dead in pids  # the victim really was doing this map's work
-        # the executor goes on with the workers it has
+        # the executor goes on, and a new worker took the dead one's place
         assert ex.submit(slow_double, 21).result()[0] == 42
-        assert len(ex._node.workers) == 2
+        assert wait_until(lambda: len(ex._node.workers) == 3, 30)
+        assert 2 not in ex._node.workers
 
 
 def test_kill_during_submits_each_future_settles_once(pool3) -> None:
@@ -121,20 +132,43 @@ def test_max_retries_zero_nested_tree_fails_with_worker_lost(pool3) -> None:
         assert ex.submit(tree, 3, 0.0).result(timeout=60) == 8
 
 
-def test_all_workers_lost_breaks_the_pool_instead_of_hanging() -> None:
+def test_losing_the_only_worker_replaces_it_and_reruns_the_task() -> None:
+    with DTMExecutor(1) as ex:
+        fut = ex.submit(slow10_double, 21)
+        first = fut.result(timeout=60)[1]
+        fut = ex.submit(time.sleep, 0.5)
+        time.sleep(0.2)
+        _kill_worker(ex, 1)
+        assert fut.result(timeout=60) is None  # re-run on the replacement
+        value, pid = ex.submit(slow10_double, 4).result(timeout=60)
+        assert value == 8 and pid != first
+
+
+def test_all_workers_lost_breaks_the_pool_instead_of_hanging(tmp_path) -> None:
+    """With no replacement possible (it fails to start), losing the last worker breaks the
+    executor: every future fails, nothing hangs."""
     from dtm_executor import BrokenDTMExecutor
 
-    ex = DTMExecutor(1)
+    marker = tmp_path / "no-more-workers"
+    ex = DTMExecutor(1, initializer=_fail_if_exists, initargs=(str(marker),))
     try:
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        marker.touch()
         fut = ex.submit(time.sleep, 30)
         time.sleep(0.3)
         _kill_worker(ex, 1)
-        with pytest.raises((BrokenDTMExecutor, WorkerLostError)):
+        with pytest.raises((BrokenDTMExecutor, WorkerLostError)) as ei:
             fut.result(timeout=30)
-        with pytest.raises(BrokenDTMExecutor):
+        with pytest.raises(BrokenDTMExecutor, match="could not start"):
             ex.submit(abs, 1)
+        assert "refusing to start" in str(ei.value) or isinstance(ei.value, WorkerLostError)
     finally:
         ex.shutdown(wait=False)
+
+
+def _fail_if_exists(path: str) -> None:
+    if os.path.exists(path):
+        raise RuntimeError("refusing to start: " + path)
 
 
 def _touch(path: str) -> None:
