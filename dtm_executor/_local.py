@@ -248,7 +248,7 @@ class LocalPool:
 
     def join(self, timeout: float) -> None:
         end = time.monotonic() + timeout
-        for p in self.procs.values():
+        for p in list(self.procs.values()):
             try:
                 p.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -258,13 +258,13 @@ class LocalPool:
     def kill(self) -> None:
         with self._lock:
             self._closed = True
-        for p in self.procs.values():
+        for p in list(self.procs.values()):
             if p.poll() is None:
                 try:
                     p.kill()
                 except OSError:
                     pass
-        for p in self.procs.values():
+        for p in list(self.procs.values()):
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:  # pragma: no cover

@@ -453,7 +453,7 @@ class TcpPool:
 
     def join(self, timeout: float) -> None:
         end = time.monotonic() + timeout
-        for ln in self._launches:
+        for ln in list(self._launches):
             try:
                 ln.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -466,10 +466,10 @@ class TcpPool:
             self._closed = True
         with self._cv:
             self._cv.notify_all()
-        for ln in self._launches:
+        for ln in list(self._launches):
             ln.close_stdin()
         end = time.monotonic() + 1.0
-        for ln in self._launches:
+        for ln in list(self._launches):
             try:
                 ln.proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -486,7 +486,7 @@ class TcpPool:
                     ln.proc.wait(2.0)
                 except subprocess.TimeoutExpired:
                     pass
-        for ln in self._launches:
+        for ln in list(self._launches):
             ln.forwarder.join(1.0)
 
 
