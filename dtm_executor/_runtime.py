@@ -780,7 +780,12 @@ class Worker:
         fc = self.node.fncache
         pos = 1
         tasks = []
+        dead = self.node.dead
         for owner, tid, fid, fnblob, blob, nb, depth, kind, parent, attempt, hop in descs:
+            if owner in dead:  # overtaken by the news of its owner's death: nobody wants it
+                pos += nb
+                fc.incoming(src, fid, fnblob)
+                continue
             t = _Task(owner, tid, kind, depth)
             t.parent = parent
             t.attempt = attempt
