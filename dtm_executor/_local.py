@@ -136,15 +136,14 @@ class LocalPool:
     def __init__(
         self, nworkers: int, options: dict[str, Any], init_blob: bytes, extra: dict[str, Any] | None = None
     ) -> None:
-        import multiprocessing.spawn as mpspawn
+        from . import _serial
 
         self.transport = LocalHubTransport(nworkers)
         self.workers = list(range(1, nworkers + 1))
         self.local_worker = False
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         try:
-            prep = mpspawn.get_preparation_data("dtm-worker")
-            prep.pop("authkey", None)  # multiprocessing's key is not ours to hand out
+            prep = _serial.preparation_data("dtm-worker")  # no authkey; no "<stdin>" to import
         except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
             prep = None
         head = pickle.dumps((nworkers + 1, prep, options), 5)
