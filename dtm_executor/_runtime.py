@@ -835,7 +835,7 @@ class Worker:
         dur = _perf() - t0
         self.tasks_run += 1
         n = len(task.args[0]) if task.kind == CHUNK and ok else 1
-        key = task.fid if task.fid is not None else getattr(task.fn, "__code__", None) or id(task.fn)
+        key = task.fid if task.fid is not None else id(getattr(task.fn, "__code__", task.fn))
         st = self._fn_rows.get(key)
         if st is None:
             st = self._fn_row(key, task.fn)

@@ -249,7 +249,8 @@ def _pickle_function(fn: Any) -> tuple[bytes, bool]:
             pass
         else:
             return data, _is_reference(data)
-    return cloudpickle.dumps(fn, PROTOCOL), False
+    data = cloudpickle.dumps(fn, PROTOCOL)  # never a reference to ``__main__``: by value
+    return data, _is_reference(data)
 
 
 def _digest(data: bytes) -> bytes:
