@@ -72,6 +72,30 @@ def _floats(size: int) -> list[float]:
     return [1.0] * size
 
 
+def tree(depth: int) -> int:
+    if depth == 0:
+        return 1
+    ex = current_executor()
+    a = ex.submit(tree, depth - 1)
+    b = ex.submit(tree, depth - 1)
+    return a.result() + b.result()
+
+
+def tree_lists(depth: int) -> list[float]:
+    if depth == 0:
+        return [1.0] * 3
+    ex = current_executor()
+    a = ex.submit(tree_lists, depth - 1)
+    b = ex.submit(tree_lists, depth - 1)
+    return [x + y for x, y in zip(a.result(), b.result())]
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = perf_counter()
+    fn()
+    return perf_counter() - t0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10_000, help="submits per case (default 10000)")
@@ -105,6 +129,11 @@ def main() -> int:
                 assert ex.submit(inline_children, m, size).result() == m * size
                 dt = perf_counter() - t0
                 print(f"  list of {size:>6} floats: {dt / m * 1e6:8.1f} us per child")
+            depth = 14
+            for fn in (tree, tree_lists):
+                best = min(_timed(lambda fn=fn: ex.submit(fn, depth).result()) for _ in range(5))
+                print(f"  binary tree of depth {depth}, {fn.__name__}: {best / 2 ** (depth + 1) * 1e6:.2f} us "
+                      "per task (best of 5)")
     if args.results:
         _micro_results()
     return 0
