@@ -12,6 +12,7 @@ by the task running on this thread (or by this thread, outside tasks).
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import threading
 from concurrent import futures
@@ -287,7 +288,8 @@ class ControlMixin(_Base):
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
-            self._submit_chunk, fn, tuple(iterables), None, chunksize, self._nworkers(), granularity
+            functools.partial(self._submit_chunk, pin=[]), fn, tuple(iterables), None, chunksize,
+            self._nworkers(), granularity,
         )
 
     def _dtm_map(self, function: Callable[..., Any], /, *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:

@@ -146,7 +146,8 @@ class DTMExecutor(ControlMixin, Executor):
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
-            self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers(), self._granularity,
+            functools.partial(self._submit_chunk, pin=[]), fn, iterables, timeout, chunksize,
+            self._nworkers(), self._granularity,
             progress=_progress_start() if self._show_progress else None,
         )
 
@@ -199,10 +200,16 @@ class DTMExecutor(ControlMixin, Executor):
         if _interpreter_exiting[0]:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _submit_chunk(self, fn: Callable[..., Any], items: list[Any], star: bool) -> Future[Any]:
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, pin: list[Any] | None = None
+    ) -> Future[Any]:
+        """``pin``: one list per map call, so that all its chunks carry ``fn`` as pickled with the
+        first one, at the call (not as it is when a later chunk is submitted)."""
         if self._nested:
             return self._worker.submit(fn, (items, star), {}, kind=CHUNK)
-        task, fut = self._hub.make_task(fn, ((items, star), {}), CHUNK)
+        task, fut = self._hub.make_task(fn, ((items, star), {}), CHUNK, pin[0] if pin else None)
+        if pin is not None and not pin:
+            pin.append((task.fid, task.fnblob))
         self._hub.submit(task)
         return fut
 

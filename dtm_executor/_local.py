@@ -138,7 +138,7 @@ class LocalPool:
     def __init__(
         self, nworkers: int, options: dict[str, Any], init_blob: bytes, extra: dict[str, Any] | None = None
     ) -> None:
-        import multiprocessing.spawn as mpspawn
+        from . import _serial
 
         self.transport = LocalHubTransport(nworkers)
         self.workers = list(range(1, nworkers + 1))
@@ -150,8 +150,7 @@ class LocalPool:
         self._next_rank = nworkers + 1
         self._prep: dict[str, Any] | None
         try:
-            self._prep = mpspawn.get_preparation_data("dtm-worker")
-            self._prep.pop("authkey", None)  # multiprocessing's key is not ours to hand out
+            self._prep = _serial.preparation_data("dtm-worker")  # no authkey; no "<stdin>" to import
         except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
             self._prep = None
         self._options = options

@@ -44,6 +44,9 @@ _PINNED = 1 << 62
 #: the longest a finished task's result waits to be batched with others (seconds)
 RESULT_DELAY = 0.002
 
+#: distinct task function names in a worker's statistics (the rest: "(other functions)")
+_MAX_FN_NAMES = 1000
+
 # task states
 QUEUED, CLAIMED, GONE = 0, 1, 2
 
@@ -653,8 +656,9 @@ class Worker:
         self.busy_time = 0.0  # time some thread held the token
         self._tok_t = 0.0
         self.started = time.time()
-        #: function key -> [name, count, total seconds, items]
-        self.fn_stats: dict[Any, list[Any]] = {}
+        #: function name -> [name, count, total seconds, items] (at most _MAX_FN_NAMES names)
+        self.fn_stats: dict[str, list[Any]] = {}
+        self._fn_rows: dict[Any, list[Any]] = {}  # recent function keys -> their row
         #: (owner, tid) -> set when the owner acknowledged START for a suspect task
         self._acks: dict[tuple[int, int], threading.Event] = {}
 
@@ -1009,10 +1013,10 @@ class Worker:
         dur = _perf() - t0
         self.tasks_run += 1
         n = len(task.args[0]) if task.kind == CHUNK and ok else 1
-        key = task.fid if task.fid is not None else id(task.fn)
-        st = self.fn_stats.get(key)
+        key = task.fid if task.fid is not None else id(getattr(task.fn, "__code__", task.fn))
+        st = self._fn_rows.get(key)
         if st is None:
-            st = self.fn_stats[key] = [fn_name(task.fn) if task.fn is not None else "?", 0, 0.0, 0]
+            st = self._fn_row(key, task.fn)
         st[1] += 1
         st[2] += dur
         st[3] += n
@@ -1026,14 +1030,30 @@ class Worker:
         task.bufs = ()
         self._deliver(task, ok, value, dur)
 
+    def _fn_row(self, key: Any, fn: Any) -> list[Any]:
+        """The statistics row of a task function: rows are per name (fresh closures share one),
+        at most `_MAX_FN_NAMES` of them, so no table grows with the number of function objects."""
+        name = fn_name(fn) if fn is not None else "?"
+        st = self.fn_stats.get(name)
+        if st is None:
+            if len(self.fn_stats) >= _MAX_FN_NAMES:
+                name = "(other functions)"
+                st = self.fn_stats.get(name)
+            if st is None:
+                st = self.fn_stats[name] = [name, 0, 0.0, 0]
+        if len(self._fn_rows) >= 4096:
+            self._fn_rows.clear()
+        self._fn_rows[key] = st
+        return st
+
     def _materialize(self, task: _Task) -> None:
         try:
             fn = self.node.fncache.function(task.fid, task.fnblob)
         except Exception as e:
             hint = ""
             if isinstance(e, AttributeError) and "__main__" in str(e):
-                hint = (" Functions defined under `if __name__ == '__main__':` or in an interactive "
-                        "session do not exist on workers; define them at module level.")
+                hint = (" A function of the main script that workers cannot find by reference; "
+                        "define it at the script's module level.")
             raise SerializationError(
                 f"task #{task.tid} from rank {task.owner}: cannot unpickle its function on rank "
                 f"{self.rank}: {type(e).__name__}: {e}.{hint}"
@@ -1058,6 +1078,9 @@ class Worker:
                 if found is None:
                     return
                 orig = found
+            # valid on every rank or on none: what could not have come back from another rank
+            # fails here too (a top-level task of rank 0, a child run by its submitter)
+            ok, value = _serial.as_if_moved(task.label, self.rank, task.kind == CHUNK, ok, value)
             if orig.depth == 0 and node.hub is not None:
                 node.hub.settled(orig)
             node.finish(orig, ok, value, dur)
@@ -1416,12 +1439,15 @@ class Hub:
         self.sent_seq[w] = self.sent_seq.get(w, 0) + 1
         node.send(w, (TASKS, descs, True), bufs)
 
-    def make_task(self, fn: Callable[..., Any], payload: Any, kind: int) -> tuple[_Task, DTMFuture]:
+    def make_task(
+        self, fn: Callable[..., Any], payload: Any, kind: int, pickled: tuple[bytes, bytes] | None = None
+    ) -> tuple[_Task, DTMFuture]:
+        """``pickled``: (fid, bytes) of ``fn`` from an earlier task of the same call (a map)."""
         node = self.node
         t = _Task(node.rank, node.next_tid(), kind, 0)
         t.fn = fn
         try:
-            t.fid, t.fnblob = node.fncache.pickle_fn(fn)
+            t.fid, t.fnblob = pickled if pickled is not None else node.fncache.pickle_fn(fn)
         except Exception as e:
             raise SerializationError(
                 f"cannot pickle the function of {t.label()}: {describe(fn)} ({type(e).__name__}: {e})"

@@ -222,10 +222,9 @@ class TcpPool:
         listener.expect(self.workers)
 
         try:
-            import multiprocessing.spawn as mpspawn
+            from . import _serial
 
-            prep = mpspawn.get_preparation_data("dtm-worker")
-            prep.pop("authkey", None)  # multiprocessing's key is not ours to hand out
+            prep = _serial.preparation_data("dtm-worker")  # no authkey; no "<stdin>" to import
         except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
             prep = None
         head = pickle.dumps((nworkers + 1, prep, opts), 5)

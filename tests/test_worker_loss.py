@@ -73,7 +73,7 @@ def test_worker_lost_under_a_waiting_parent_never_hangs(transport, victim, tmp_p
         piddir.mkdir()
         with DTMExecutor(4, **transport) as ex:
             fut = ex.submit(parent, 40, str(pidfile), str(piddir))
-            assert _wait_until(lambda: pidfile.exists() and pidfile.read_text(), 60)
+            assert _wait_until(lambda p=pidfile: p.exists() and p.read_text(), 60)
             ppid = int(pidfile.read_text())
             time.sleep(0.8)
             others = [pid for pid in _worker_pids(ex).values() if pid != ppid]
