@@ -6,7 +6,8 @@ inline or lend the worker to other work) because the futures are `DTMFuture` obj
 
 DTM tracked the asynchronous requests of each task so that ``waitAll()``/``waitAny()`` without a
 list mean "this task's pending requests". We keep that per task: the ``AsyncResult`` objects created
-by the task running on this thread (or by this thread, outside tasks).
+by the task running on this thread; outside tasks, by the root task of the executor they were made
+on (the program that owns it, one bookkeeping per thread of it).
 """
 
 from __future__ import annotations
@@ -149,9 +150,11 @@ class _Requests:
 _local = threading.local()
 
 
-def _requests() -> _Requests:
+def _requests(owner: Any = None) -> _Requests:
     """The bookkeeping of the task running on this thread (inline children are tasks of their
-    own), or of this thread when it runs no task (the root task of ``dtm.start``)."""
+    own), or, when it runs no task, of the root task of ``owner`` (the executor the request
+    was made on, or that ``dtm`` uses): each executor's program is a root task of its own, so
+    a new executor never sees the requests of an earlier one. None: no executor, no requests."""
     stack = getattr(tls, "tasks", None)
     if stack:
         table: dict[int, tuple[Any, _Requests]] | None = getattr(_local, "by_task", None)
@@ -165,22 +168,24 @@ def _requests() -> _Requests:
                 del table[key]
             entry = table[id(task)] = (task, _Requests())
         return entry[1]
-    reqs: _Requests | None = getattr(_local, "root", None)
+    if owner is None:
+        return _Requests()
+    # per executor and per thread: the program's threads do not share a root task (DTM's
+    # Control API belongs to the thread running the task)
+    roots = owner.__dict__.get("_dtm_roots")
+    if roots is None:
+        roots = owner.__dict__.setdefault("_dtm_roots", threading.local())
+    reqs: _Requests | None = getattr(roots, "requests", None)
     if reqs is None:
-        reqs = _local.root = _Requests()
+        reqs = roots.requests = _Requests()
     return reqs
 
 
-def reset_root_requests() -> None:
-    """Forget this thread's requests (``dtm.start`` begins a new root task)."""
-    _local.root = _Requests()
-
-
-def _candidates(reqList: Sequence[Future[Any]] | None) -> tuple[list[Future[Any]], bool]:
+def _candidates(reqList: Sequence[Future[Any]] | None, owner: Any) -> tuple[list[Future[Any]], bool]:
     """(the requests to consider, whether they were given)."""
     if reqList:
         return list(reqList), True
-    reqs = _requests()
+    reqs = _requests(owner)
     reqs.refresh()
     out: list[Future[Any]] = list(reqs.pending)
     if reqs.last is not None:
@@ -304,7 +309,7 @@ class ControlMixin(_Base):
     def apply_async(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Like `apply`, without waiting: returns an `AsyncResult`."""
         ar = AsyncResult._chain(self.submit(function, *args, **kwargs))
-        _requests().add(ar)
+        _requests(self).add(ar)
         return ar
 
     def map_async(self, function: Callable[..., Any], /, *iterables: Iterable[Any], **kwargs: Any) -> AsyncResult:
@@ -324,7 +329,7 @@ class ControlMixin(_Base):
             ar = AsyncResult()
             ar.set_running_or_notify_cancel()
             threading.Thread(target=_drain, args=(ar, results), name="dtm-map-async", daemon=True).start()
-        _requests().add(ar)
+        _requests(self).add(ar)
         return ar
 
     def imap(self, function: Callable[..., Any], /, *iterables: Iterable[Any], chunksize: int | None = None) -> Iterator[Any]:
@@ -391,37 +396,37 @@ class ControlMixin(_Base):
     def waitAll(self, reqList: Sequence[Future[Any]] | None = None) -> None:
         """Wait until every request in ``reqList`` (default: this task's pending asynchronous
         requests) is ready."""
-        wait_all(reqList)
+        wait_all(reqList, self)
 
     def waitAny(self, reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
         """Wait until one pending request of ``reqList`` (default: this task's) is ready, then
         return the last one that finished (possibly not the only one). Without ``reqList`` and
         with nothing pending, returns None."""
-        return wait_any(reqList)
+        return wait_any(reqList, self)
 
     def testAll(self, reqList: Sequence[Future[Any]] | None = None) -> bool:
         """Whether every request of ``reqList`` (default: this task's) is ready; never blocks."""
-        return test_all(reqList)
+        return test_all(reqList, self)
 
     def testAny(self, reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
         """The last finished request of ``reqList`` (default: this task's), or None if none has
         finished; never blocks. Calling it again returns the same one until another finishes."""
-        return test_any(reqList)
+        return test_any(reqList, self)
 
     def getWorkerId(self) -> int:
         """The rank of the worker running the current task (0 in the root task)."""
         return current_worker_id()
 
 
-def wait_all(reqList: Sequence[Future[Any]] | None) -> None:
-    fs, _ = _candidates(reqList)
+def wait_all(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> None:
+    fs, _ = _candidates(reqList, owner)
     pending = [f for f in fs if not f.done()]
     if pending:
         futures.wait(pending)  # inside a task, this wait helps
 
 
-def wait_any(reqList: Sequence[Future[Any]] | None) -> Future[Any] | None:
-    fs, given = _candidates(reqList)
+def wait_any(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> Future[Any] | None:
+    fs, given = _candidates(reqList, owner)
     pending = [f for f in fs if not f.done()]
     if pending:
         futures.wait(pending, return_when=futures.FIRST_COMPLETED)
@@ -430,13 +435,13 @@ def wait_any(reqList: Sequence[Future[Any]] | None) -> Future[Any] | None:
     return _last_finished(fs)
 
 
-def test_all(reqList: Sequence[Future[Any]] | None) -> bool:
-    fs, _ = _candidates(reqList)
+def test_all(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> bool:
+    fs, _ = _candidates(reqList, owner)
     return all(f.done() for f in fs)
 
 
-def test_any(reqList: Sequence[Future[Any]] | None) -> Future[Any] | None:
-    fs, _ = _candidates(reqList)
+def test_any(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> Future[Any] | None:
+    fs, _ = _candidates(reqList, owner)
     return _last_finished(fs)
 
 
