@@ -13,16 +13,13 @@ on (the program that owns it, one bookkeeping per thread of it).
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 from concurrent import futures
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _map, _options
-from ._futures import DTMFuture, executing_worker, tls
-
-_SEQ = itertools.count(1)
+from ._futures import SEQ, DTMFuture, executing_worker, tls
 
 
 class AsyncResult(DTMFuture):
@@ -34,7 +31,6 @@ class AsyncResult(DTMFuture):
 
     def __init__(self) -> None:
         super().__init__()
-        self._dtm_seq = 0  # completion order, for waitAny/testAny ("the last finished")
         self._dtm_sources: tuple[Future[Any], ...] = ()
 
     # -- DTM's interface ---------------------------------------------------------------
@@ -58,16 +54,6 @@ class AsyncResult(DTMFuture):
         futures.wait([self], timeout)
 
     # -- Future plumbing ---------------------------------------------------------------
-    def set_result(self, result: Any) -> None:
-        if not self._dtm_seq:
-            self._dtm_seq = next(_SEQ)
-        super().set_result(result)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        if not self._dtm_seq:
-            self._dtm_seq = next(_SEQ)
-        super().set_exception(exception)
-
     def cancel(self) -> bool:
         if self._dtm_sources:
             for src in self._dtm_sources:
@@ -90,7 +76,7 @@ class AsyncResult(DTMFuture):
         return ar
 
     def _copy_from(self, src: Future[Any]) -> None:
-        self._dtm_seq = next(_SEQ)
+        self._dtm_seq = next(SEQ)  # settled now (the Future methods below do not stamp)
         if src.cancelled():
             Future.cancel(self)
             self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait on us
@@ -106,9 +92,22 @@ class AsyncResult(DTMFuture):
 
 
 def _seq(f: Future[Any]) -> int:
-    s = getattr(f, "_dtm_seq", 0)
-    # done but not stamped yet (a plain future, or a stamp a few instructions away): newest
-    return s if s else (1 << 62 if f.done() else 0)
+    """When ``f`` settled, in this process's order. Ours are stamped as they settle; a future of
+    another kind is stamped by a callback once seen pending (`_watch`), and one that was done
+    before we ever saw it counts as older than every stamped one."""
+    return getattr(f, "_dtm_seq", 0)
+
+
+def _stamp(f: Future[Any]) -> None:
+    f._dtm_seq = next(SEQ)  # type: ignore[attr-defined]
+
+
+def _watch(fs: Iterable[Future[Any]]) -> None:
+    for f in fs:
+        if not isinstance(f, DTMFuture) and not hasattr(f, "_dtm_seq"):
+            f._dtm_seq = 0  # type: ignore[attr-defined]
+            if not f.done():
+                f.add_done_callback(_stamp)
 
 
 def _last_finished(fs: Iterable[Future[Any]]) -> Future[Any] | None:
@@ -181,16 +180,19 @@ def _requests(owner: Any = None) -> _Requests:
     return reqs
 
 
-def _candidates(reqList: Sequence[Future[Any]] | None, owner: Any) -> tuple[list[Future[Any]], bool]:
-    """(the requests to consider, whether they were given)."""
+def _candidates(reqList: Sequence[Future[Any]] | None, owner: Any) -> list[Future[Any]]:
+    """The requests to consider: ``reqList``, else the current task's pending ones and the last
+    that finished."""
     if reqList:
-        return list(reqList), True
+        fs = list(reqList)
+        _watch(fs)
+        return fs
     reqs = _requests(owner)
     reqs.refresh()
     out: list[Future[Any]] = list(reqs.pending)
     if reqs.last is not None:
         out.append(reqs.last)
-    return out, False
+    return out
 
 
 # -- helpers that run in tasks ----------------------------------------------------------------
@@ -400,8 +402,8 @@ class ControlMixin(_Base):
 
     def waitAny(self, reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
         """Wait until one pending request of ``reqList`` (default: this task's) is ready, then
-        return the last one that finished (possibly not the only one). Without ``reqList`` and
-        with nothing pending, returns None."""
+        return the last one that finished (possibly not the only one). With nothing pending it
+        returns at once: the last finished, or None if none has finished."""
         return wait_any(reqList, self)
 
     def testAll(self, reqList: Sequence[Future[Any]] | None = None) -> bool:
@@ -419,29 +421,27 @@ class ControlMixin(_Base):
 
 
 def wait_all(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> None:
-    fs, _ = _candidates(reqList, owner)
+    fs = _candidates(reqList, owner)
     pending = [f for f in fs if not f.done()]
     if pending:
         futures.wait(pending)  # inside a task, this wait helps
 
 
 def wait_any(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> Future[Any] | None:
-    fs, given = _candidates(reqList, owner)
+    fs = _candidates(reqList, owner)
     pending = [f for f in fs if not f.done()]
     if pending:
         futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-    elif not given:
-        return None
     return _last_finished(fs)
 
 
 def test_all(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> bool:
-    fs, _ = _candidates(reqList, owner)
+    fs = _candidates(reqList, owner)
     return all(f.done() for f in fs)
 
 
 def test_any(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> Future[Any] | None:
-    fs, _ = _candidates(reqList, owner)
+    fs = _candidates(reqList, owner)
     return _last_finished(fs)
 
 

@@ -241,8 +241,8 @@ def waitAll(reqList: Sequence[Future[Any]] | None = None) -> None:
 
 
 def waitAny(reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
-    """Wait for one pending request, return the last finished one (None: nothing pending and
-    no ``reqList``)."""
+    """Wait for one pending request of ``reqList`` (default: the current task's), then return
+    the last finished one (None if none has finished)."""
     return _control.wait_any(reqList, _root())
 
 

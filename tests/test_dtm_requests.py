@@ -5,6 +5,10 @@ and which one is "the last finished"."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +107,127 @@ def test_dtm_start_runs_are_separate_root_tasks():
     assert dtm.start(first) is True
     dtm.setOptions(max_workers=1)
     assert dtm.start(second) == (None, True, None)
+
+
+# -- 2. "the last finished" is the last to finish, for every kind of request -------------------
+#: Run as a script: locally (``python script.py``) and under ``mpiexec -n 3``. Its checks run in
+#: the root task and in tasks at depth 1 and 2; it prints ``ALL OK`` or the failed checks.
+LAST_FINISHED_SCRIPT = '''
+import sys
+
+from dtm_executor import current_executor, dtm
+
+KINDS = ("apply_async", "map_async")
+
+
+def sq(x):
+    return x * x
+
+
+def make(kind):
+    if kind == "apply_async":
+        return dtm.apply_async(sq, 3)
+    return dtm.map_async(sq, range(40))
+
+
+def checks(where):
+    bad = []
+
+    def expect(what, got, want):
+        if got is not want:
+            bad.append(f"{where}: {what}: got {got!r}, want {want!r}")
+
+    expect("nothing launched: waitAny()", dtm.waitAny(), None)
+    expect("nothing launched: testAny()", dtm.testAny(), None)
+    ex = current_executor()
+    for ka in KINDS:
+        for kb in KINDS:
+            tag = f"{ka} then {kb}"
+            a = make(ka)
+            a.wait()
+            f = ex.submit(sq, 2)  # a plain future, finished before b
+            f.result()
+            list(dtm.imap(sq, range(30)))  # and the results of an imap
+            b = make(kb)
+            b.wait()
+            expect(tag + ": waitAny()", dtm.waitAny(), b)
+            expect(tag + ": testAny()", dtm.testAny(), b)
+            expect(tag + ": testAny() again", dtm.testAny(), b)
+            expect(tag + ": waitAny([f, a, b])", dtm.waitAny([f, a, b]), b)
+            expect(tag + ": testAny([b, a, f])", dtm.testAny([b, a, f]), b)
+            g = ex.submit(sq, 5)  # a plain future finishing last
+            g.result()
+            expect(tag + ": testAny([b, g, a])", dtm.testAny([b, g, a]), g)
+            c = make(ka)
+            c.cancel()  # too late to cancel (or not): either way it is the last one settled
+            c.wait()
+            expect(tag + ": after c: waitAny()", dtm.waitAny(), c)
+            expect(tag + ": after c: testAny([c, b])", dtm.testAny([c, b]), c)
+    return bad
+
+
+def at_depth(depth):
+    if depth > 1:
+        return dtm.apply(at_depth, depth - 1)
+    return checks("in a task")
+
+
+def main():
+    bad = checks("root")
+    for depth in (1, 2):
+        bad += [f"depth {depth}: {b}" for b in dtm.apply(at_depth, depth)]
+    return bad
+
+
+if __name__ == "__main__":
+    dtm.setOptions(max_workers=2)
+    bad = dtm.start(main)
+    print("\\n".join(bad) if bad else "ALL OK")
+    sys.exit(1 if bad else 0)
+'''
+
+_venv_mpiexec = Path(sys.executable).parent / "mpiexec"
+MPIEXEC = str(_venv_mpiexec) if _venv_mpiexec.exists() else shutil.which("mpiexec")
+#: Launcher variables that would make a child believe it is an MPI rank.
+_MPI_VARS = ("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL", "MV2_", "HYDRA_", "SLURM_")
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 150.0) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in a session of its own; on timeout (or if anything of the session is left
+    running afterwards) kill the whole session and fail."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_VARS)}
+    env.pop("DTM_EXECUTOR_TRANSPORT", None)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd} did not finish within {timeout} s\n{out}\n{err}", pytrace=False)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"processes of {cmd} outlived it", pytrace=False)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("launch", ["local", "mpiexec -n 3"])
+def test_the_last_finished_is_the_last_to_finish(tmp_path, launch):
+    script = tmp_path / "last_finished.py"
+    script.write_text(LAST_FINISHED_SCRIPT)
+    if launch == "local":
+        cmd = [sys.executable, str(script)]
+    else:
+        pytest.importorskip("mpi4py", reason="the MPI transport needs mpi4py")
+        if MPIEXEC is None:
+            pytest.skip("no mpiexec next to this Python or on PATH (pip install mpich)")
+        cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "dtm_executor", str(script)]
+    res = _run(cmd, tmp_path)
+    assert res.stdout.strip() == "ALL OK" and res.returncode == 0, res.stdout + res.stderr
