@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import warnings
 from concurrent import futures
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -304,6 +305,35 @@ class ControlMixin(_Base):
         return list(self._dtm_chunked(_with_kwargs(function, kwargs), iterables, self._granularity))
 
     # -- DTM's Control API -------------------------------------------------------------
+    def setOptions(self, *args: Any, **kwargs: Any) -> None:
+        """DTM's ``setOptions``, for this executor: ``taskGranularity``, ``printSummary``,
+        ``loadBalancer`` (only ``"PDB"``), ``communicationManager`` (naming this executor's
+        transport), ``setTraceMode``/``traceDir`` (for an executor created with ``trace_dir=``:
+        its workers decide whether to record when they start), in DTM's spelling or Python's,
+        and ``progress``. Call it before the work it should affect, in the program that owns the
+        executor. A wrong value, or an option fixed when the executor was created
+        (``max_workers``, the transport's), is a ``ValueError`` and changes nothing; an unknown
+        name is a `DTMOptionWarning` (DTM ignored those silently)."""
+        if self._nested:
+            raise RuntimeError(
+                "setOptions() cannot be called inside a task: set the options of the executor in "
+                "the program that created it"
+            )
+        if self._shutdown:
+            warnings.warn("setOptions() was called after shutdown(); the options are not considered",
+                          _options.DTMOptionWarning, stacklevel=2)
+            return
+        tracing = self._node.trace is not None
+        changes = _options.changes_for_executor(args, kwargs, self._kind, tracing, stacklevel=3)
+        if "task_granularity" in changes:
+            self._granularity = changes["task_granularity"]
+        if "print_summary" in changes:
+            self._print_summary = changes["print_summary"]
+        if "progress" in changes:
+            self._show_progress = changes["progress"]
+        if "trace_dir" in changes:
+            self._trace_dir = changes["trace_dir"]
+
     def apply(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``function(*args, **kwargs)`` as a task and return its result (blocks)."""
         return self.submit(function, *args, **kwargs).result()

@@ -86,6 +86,7 @@ class DTMExecutor(ControlMixin, Executor):
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
         kind = _choose_transport(transport)
+        self._kind = kind
         dtm_options = _options.take_executor_options(options, kind)  # DTM's names; bad value: ValueError
         print_summary = print_summary or dtm_options.print_summary
         if trace_dir is None and dtm_options.trace_mode:

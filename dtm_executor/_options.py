@@ -63,6 +63,21 @@ _BALANCERS = ("pdb", "deap.dtm.loadbalancerpdb", "loadbalancerpdb")
 #: `DTMExecutor` parameters that ``dtm.setOptions`` also accepts (passed through to it).
 EXECUTOR_PARAMS = ("max_workers", "max_threads", "max_retries", "initializer", "initargs")
 
+#: The keyword options of each transport's pool (``DTMExecutor(hostfile=...)``); see
+#: `dtm_executor._ssh.TcpPool` for their meaning.
+TRANSPORT_OPTIONS: dict[str, frozenset[str]] = {
+    "local": frozenset(),
+    "mpi": frozenset(),
+    "tcp": frozenset({
+        "hostfile", "hosts", "ssh_command", "remote_python", "remote_dir", "tls_cert", "tls_key",
+        "tls_ca", "connect_timeout", "start_timeout", "handshake_timeout", "listen_address",
+        "port", "max_frame_bytes",
+    }),
+}
+
+#: `DTMExecutor` arguments that cannot change once its workers run.
+FIXED_AT_START = (*EXECUTOR_PARAMS, "max_threads")
+
 #: The default trace directory, as in DTM.
 DEFAULT_TRACE_DIR = "DtmLog"
 
@@ -172,6 +187,66 @@ def take_executor_options(options: dict[str, Any], kind: str) -> Options:
                 f"pass transport={want!r}"
             )
     return _finish(Options(**values))
+
+
+def changes_for_executor(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], kind: str, tracing: bool, stacklevel: int
+) -> dict[str, Any]:
+    """``DTMExecutor.setOptions``: check everything first (a ``ValueError`` changes nothing),
+    and return what to change: ``task_granularity``, ``print_summary``, ``progress``,
+    ``trace_dir`` (None: stop writing the trace). ``kind`` is the executor's transport,
+    ``tracing`` whether its workers record a trace (decided when they started)."""
+    for a in args:
+        warnings.warn(
+            f"setOptions(): positional argument {a!r} is ignored (options are keywords)",
+            DTMOptionWarning, stacklevel=stacklevel,
+        )
+    fixed = set(FIXED_AT_START).union(*TRANSPORT_OPTIONS.values())
+    values: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    unknown = []
+    for key, value in kwargs.items():
+        canon = canonical(key) or (key if key == "progress" else None)
+        if canon is None:
+            if key in fixed:
+                raise ValueError(
+                    f"setOptions(): {key} cannot change once the executor's workers run; "
+                    f"pass {key}= to DTMExecutor()"
+                )
+            unknown.append(key)
+            continue
+        if canon in values:
+            raise ValueError(f"option {given[canon]!r} given twice (as {key!r} too)")
+        values[canon] = _bool(key, value) if canon == "progress" else check(canon, value, key)
+        given[canon] = key
+    want = values.pop("transport", "auto")
+    if want not in (kind, "auto"):
+        key = given["transport"]
+        raise ValueError(
+            f"{key}={kwargs[key]!r} selects transport {want!r} but this executor uses {kind!r}: "
+            f"pass transport={want!r} to DTMExecutor()"
+        )
+    values.pop("load_balancer", None)  # checked: only DTM's default exists
+    trace_mode = values.pop("trace_mode", None)
+    trace_dir = values.pop("trace_dir", None)
+    if trace_mode and not tracing:
+        raise ValueError(
+            f"{given['trace_mode']}=True: this executor's workers started without tracing; "
+            "ask for it when creating the executor: DTMExecutor(trace_dir=...)"
+        )
+    if trace_mode is False:
+        if trace_dir is not None:
+            warnings.warn("traceDir has no effect without setTraceMode=True", DTMOptionWarning,
+                          stacklevel=stacklevel)
+        values["trace_dir"] = None
+    elif trace_dir is not None:
+        if tracing:
+            values["trace_dir"] = trace_dir
+        else:
+            warnings.warn("traceDir has no effect without setTraceMode=True", DTMOptionWarning,
+                          stacklevel=stacklevel)
+    warn_unknown(unknown, "setOptions()", stacklevel=stacklevel + 1)
+    return values
 
 
 def _finish(opts: Options) -> Options:

@@ -1,0 +1,103 @@
+"""Options: ``DTMExecutor.setOptions`` (DTM's Control API method on the executor), and the
+constructor's checking of its keywords, transports and environment."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Iterator
+
+import pytest
+
+from dtm_executor import DTMExecutor, dtm
+from dtm_executor import _options
+
+pytestmark = pytest.mark.timeout(120)
+
+HERE = os.path.abspath(__file__)
+
+
+def sq(x):
+    return x * x
+
+
+def set_options_in_a_task(_):
+    try:
+        DTMExecutor().setOptions(taskGranularity=0.5)
+    except RuntimeError as e:
+        return str(e)
+    return "no error"
+
+
+@pytest.fixture(autouse=True)
+def _clean_options() -> Iterator[None]:
+    _options.reset_global()
+    yield
+    _options.reset_global()
+
+
+# -- 3. DTMExecutor.setOptions ----------------------------------------------------------------
+def test_setOptions_on_the_executor_takes_dtm_names_and_values(make_executor, capsys):
+    ex = make_executor(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex.setOptions(communicationManager="local", loadBalancer="PDB", printSummary=True,
+                      taskGranularity=0.05)
+        assert ex._granularity == 0.05
+        ex.setOptions(task_granularity=0.02, progress=False)  # Python names too, several calls
+        assert ex._granularity == 0.02
+    assert ex.map_async(sq, range(10)).get() == [i * i for i in range(10)]
+    ex.shutdown()
+    assert "dtm_executor run summary" in capsys.readouterr().out  # printSummary took effect
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"taskGranularity": -1}, "taskGranularity"),
+        ({"printSummary": "yes"}, "printSummary"),
+        ({"loadBalancer": "RoundRobin"}, "loadBalancer"),
+        ({"communicationManager": "deap.dtm.commManagerTCP"}, "transport='tcp'"),
+        ({"communicationManager": "deap.dtm.pvm"}, "communicationManager"),
+        ({"progress": "yes"}, "progress"),
+        ({"max_workers": 4}, "max_workers"),
+        ({"max_threads": 4}, "max_threads"),
+        ({"hostfile": "hosts.txt"}, "hostfile"),
+        ({"setTraceMode": True}, "trace_dir"),  # its workers started without tracing
+        ({"taskGranularity": 0.5, "printSummary": 3}, "printSummary"),
+    ],
+)
+def test_setOptions_on_the_executor_rejects_what_it_cannot_do(make_executor, kwargs, match):
+    ex = make_executor(1)
+    with pytest.raises(ValueError, match=match):
+        ex.setOptions(**kwargs)
+    assert ex._granularity == 0.0 and not ex._print_summary  # nothing was applied
+    assert ex.apply(sq, 3) == 9
+
+
+def test_setOptions_on_the_executor_unknown_names_are_warnings(make_executor):
+    ex = make_executor(1)
+    with pytest.warns(dtm.DTMOptionWarning, match="bogusOption") as rec:
+        ex.setOptions(bogusOption=3, taskGranularity=0.1)
+    assert rec[0].filename == HERE  # the warning points at the caller's line
+    assert ex._granularity == 0.1
+    with pytest.warns(dtm.DTMOptionWarning, match="positional"):
+        ex.setOptions("printSummary")
+
+
+def test_setOptions_on_a_tracing_executor_changes_the_trace_directory(make_executor, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    ex = make_executor(1, trace_dir=first)
+    ex.setOptions(setTraceMode=True, traceDir=str(second))
+    assert ex.apply(sq, 2) == 4
+    ex.shutdown()
+    assert (second / "trace.json").exists() and not first.exists()
+
+
+def test_setOptions_inside_a_task_or_after_shutdown(make_executor):
+    ex = make_executor(1)
+    assert "inside a task" in ex.submit(set_options_in_a_task, 0).result(timeout=60)
+    ex.shutdown()
+    with pytest.warns(dtm.DTMOptionWarning, match="after shutdown"):
+        ex.setOptions(taskGranularity=0.5)
+    assert ex._granularity == 0.0
