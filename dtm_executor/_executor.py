@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import operator
 import os
 import pickle
 import threading
@@ -77,8 +78,14 @@ class DTMExecutor(ControlMixin, Executor):
             )
         if max_workers is None:
             max_workers = _usable_cpus()
-        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers <= 0:
-            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        try:
+            if isinstance(max_workers, bool):
+                raise TypeError
+            max_workers = operator.index(max_workers)  # numpy's integers too
+        except TypeError:
+            raise TypeError(f"max_workers must be an int, not {max_workers!r}") from None
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")  # the standard pools' words
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if not isinstance(max_threads, int) or max_threads < 2:

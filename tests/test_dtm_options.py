@@ -101,3 +101,25 @@ def test_setOptions_inside_a_task_or_after_shutdown(make_executor):
     with pytest.warns(dtm.DTMOptionWarning, match="after shutdown"):
         ex.setOptions(taskGranularity=0.5)
     assert ex._granularity == 0.0
+
+
+# -- 4. max_workers, in the standard library's words ------------------------------------------
+@pytest.mark.parametrize("n", [0, -1, -8])
+def test_max_workers_not_positive_is_the_standard_ValueError(n, proctools):
+    before = set(proctools.live_children())
+    for make in (lambda: DTMExecutor(n), lambda: DTMExecutor(max_workers=n)):
+        with pytest.raises(ValueError) as info:
+            make()
+        assert str(info.value) == "max_workers must be greater than 0"
+    dtm.setOptions(max_workers=n)
+    with pytest.raises(ValueError, match="^max_workers must be greater than 0$"):
+        dtm.start(sq, 2)
+    assert set(proctools.live_children()) <= before  # no worker was started
+
+
+def test_max_workers_of_another_type(make_executor):
+    for bad in ("2", 2.0, True, None.__class__):
+        with pytest.raises(TypeError, match="max_workers"):
+            DTMExecutor(bad)
+    np = pytest.importorskip("numpy")
+    assert make_executor(np.int64(1)).max_workers == 1  # an integer of another type is fine
