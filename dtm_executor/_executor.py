@@ -11,7 +11,7 @@ import pickle
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 
 from . import _local, _map, _options, _runtime, _serial
@@ -92,9 +92,11 @@ class DTMExecutor(ControlMixin, Executor):
             raise ValueError(f"max_threads must be an int >= 2, not {max_threads!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
-        kind = _choose_transport(transport)
+        kind = _choose_transport(transport, options)
         self._kind = kind
         dtm_options = _options.take_executor_options(options, kind)  # DTM's names; bad value: ValueError
+        # the rest: the transport's own options; a typo is a TypeError (before any worker starts)
+        pool_options = _options.take_transport_options(options, kind, transport.strip().lower() != "auto")
         print_summary = print_summary or dtm_options.print_summary
         if trace_dir is None and dtm_options.trace_mode:
             trace_dir = dtm_options.trace_dir
@@ -112,7 +114,6 @@ class DTMExecutor(ControlMixin, Executor):
         self._print_summary = bool(print_summary)
         self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
-        pool_options = dict(options)
         self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
         _options.warn_unknown(pool_options)  # left by the pool too: a warning naming each
         node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
@@ -264,12 +265,32 @@ def _mpi_pool(*args: Any) -> Any:
 _POOLS["mpi"] = _mpi_pool
 
 
-def _choose_transport(transport: str) -> str:
-    """``"auto"``: ``$DTM_EXECUTOR_TRANSPORT`` if set (the launcher's ``--transport``), else MPI
-    when started by an MPI launcher with more than one rank, else local worker processes."""
-    if transport == "auto":
-        transport = os.environ.get("DTM_EXECUTOR_TRANSPORT", "").strip().lower() or "auto"
-    if transport == "auto":
+def _choose_transport(transport: str, options: Mapping[str, Any] | None = None) -> str:
+    """The transport's name in `_POOLS` (names are case-insensitive). ``"auto"``:
+    ``$DTM_EXECUTOR_TRANSPORT`` if set (the launcher's ``--transport``), else TCP when hosts are
+    given (``hostfile=``/``hosts=`` in ``options``, as the launcher's ``--hostfile``, or the
+    legacy ``--dtmTCPhosts``), else MPI when started by an MPI launcher with more than one rank,
+    else local worker processes."""
+    if not isinstance(transport, str):
+        raise TypeError(f"transport must be a string such as 'local' or 'tcp', not {transport!r}")
+    names = {k.lower(): k for k in _POOLS}
+    choices = f"one of {sorted(_POOLS)} or 'auto'"
+    name = transport.strip().lower()
+    hosts = [k for k in ("hostfile", "hosts") if options and options.get(k) is not None]
+    if name == "auto":
+        raw = os.environ.get("DTM_EXECUTOR_TRANSPORT", "")
+        env = raw.strip().lower()
+        if env and env != "auto":
+            if env not in names:
+                raise ValueError(f"DTM_EXECUTOR_TRANSPORT={raw!r} is not a transport: expected {choices}")
+            if hosts and names[env] != "tcp":
+                raise ValueError(
+                    f"{hosts[0]}= asks for the 'tcp' transport, but DTM_EXECUTOR_TRANSPORT={raw!r} "
+                    f"selects {names[env]!r}"
+                )
+            return names[env]
+        if hosts:
+            return "tcp"
         from ._hostfile import ENV_HOSTFILE, argv_hostfile
         from ._mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
 
@@ -278,9 +299,9 @@ def _choose_transport(transport: str) -> str:
         if argv_hostfile() or os.environ.get(ENV_HOSTFILE):  # --dtmTCPhosts=FILE, --hostfile
             return "tcp"
         return "local"
-    if transport not in _POOLS:
-        raise ValueError(f"unknown transport {transport!r}; expected one of {sorted(_POOLS)} or 'auto'")
-    return transport
+    if name not in names:
+        raise ValueError(f"unknown transport {transport!r}; expected {choices}")
+    return names[name]
 
 
 def _on_worker_lost(node: Node, pool: Any, rank: int) -> None:

@@ -2,12 +2,16 @@
 
 ``dtm.setOptions(taskGranularity=0.05)`` and ``DTMExecutor(task_granularity=0.05)`` mean the same
 thing; so do the legacy values (``communicationManager="deap.dtm.mpi4py"`` selects the MPI
-transport). An unknown option is a warning naming it (DTM ignored unknown options silently, which
-hid typos); a known option with a wrong value is a `ValueError`, raised where it was given.
+transport). An unknown name is a warning naming it when it comes through ``dtm.setOptions`` (DTM
+ignored unknown options silently, which hid typos) and a ``TypeError`` when given to
+`DTMExecutor` (a Python call); a known option with a wrong value is a `ValueError`, raised where
+it was given.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import threading
@@ -74,6 +78,12 @@ TRANSPORT_OPTIONS: dict[str, frozenset[str]] = {
         "port", "max_frame_bytes",
     }),
 }
+
+#: `DTMExecutor`'s own keyword parameters (for the "did you mean" of a mistyped one).
+EXECUTOR_KEYWORDS = (
+    "max_workers", "transport", "initializer", "initargs", "max_threads", "max_retries",
+    "print_summary", "progress", "trace_dir",
+)
 
 #: `DTMExecutor` arguments that cannot change once its workers run.
 FIXED_AT_START = (*EXECUTOR_PARAMS, "max_threads")
@@ -161,6 +171,55 @@ def warn_unknown(names: Any, where: str = "DTMExecutor()", stacklevel: int = 3) 
         warnings.warn(
             f"{where}: unknown option {key!r} is ignored", DTMOptionWarning, stacklevel=stacklevel
         )
+
+
+def unexpected_keyword(key: str, where: str = "DTMExecutor()") -> TypeError:
+    """What Python says of a keyword no parameter takes, with the closest known name."""
+    known = [*EXECUTOR_KEYWORDS, *_ALIASES, *set().union(*TRANSPORT_OPTIONS.values())]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"{where} got an unexpected keyword argument {key!r}{hint}")
+
+
+def known_keyword(key: str) -> bool:
+    """Whether `DTMExecutor` takes ``key`` (itself, as a DTM option, or for a transport)."""
+    return (key in EXECUTOR_KEYWORDS or key in _ALIASES
+            or any(key in names for names in TRANSPORT_OPTIONS.values()))
+
+
+def take_transport_options(options: dict[str, Any], kind: str, explicit: bool) -> dict[str, Any]:
+    """Pop every remaining keyword option of `DTMExecutor`: those of transport ``kind`` are
+    returned for its pool; an unknown name is a ``TypeError`` (a typo must not run with the
+    defaults); an option of another transport is a ``ValueError`` if the caller named the
+    transport (``explicit``), else unused: with ``transport="auto"`` a program may carry the
+    settings of the runs that end up on TCP. A transport registered elsewhere (not in
+    `TRANSPORT_OPTIONS`) gets everything; its pool pops what it knows."""
+    if kind not in TRANSPORT_OPTIONS:
+        out = dict(options)
+        options.clear()
+        return out
+    mine = TRANSPORT_OPTIONS[kind]
+    out = {}
+    unused = []
+    for key in list(options):
+        value = options.pop(key)
+        if key in mine:
+            out[key] = value
+            continue
+        owners = [k for k, names in TRANSPORT_OPTIONS.items() if key in names]
+        if not owners:
+            raise unexpected_keyword(key)
+        if explicit:
+            raise ValueError(
+                f"{key}= is an option of the {owners[0]!r} transport, and this executor uses "
+                f"transport={kind!r}"
+            )
+        unused.append(key)
+    if unused:
+        logging.getLogger("dtm_executor").debug(
+            "options %s are for another transport; this executor uses %r", unused, kind
+        )
+    return out
 
 
 def take_executor_options(options: dict[str, Any], kind: str) -> Options:

@@ -141,7 +141,11 @@ def _make_executor() -> DTMExecutor:
     print_summary = opts.pop("print_summary", False)
     opts.pop("load_balancer", None)  # only DTM's default exists; work stealing is ours
     granularity = opts.pop("task_granularity", None)
-    kwargs: dict[str, Any] = dict(opts)  # DTMExecutor arguments, and the transport's own options
+    # DTMExecutor arguments and the transports' own options; as in DTM, an unknown name has no
+    # effect (a warning here, where DTMExecutor() would raise TypeError)
+    unknown = [k for k in opts if not _options.known_keyword(k)]
+    _options.warn_unknown(unknown, "dtm.setOptions()", stacklevel=4)  # at dtm.start's caller
+    kwargs: dict[str, Any] = {k: v for k, v in opts.items() if k not in unknown}
     if trace_mode:
         kwargs["trace_dir"] = trace_dir or _options.DEFAULT_TRACE_DIR
     elif trace_dir is not None:
