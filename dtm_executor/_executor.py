@@ -115,7 +115,7 @@ class DTMExecutor(ControlMixin, Executor):
         self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
         self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
-        _options.warn_unknown(pool_options)  # left by the pool too: a warning naming each
+        _options.warn_unknown(pool_options)  # left by a pool registered elsewhere: named
         node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
                     workers=list(self._pool.workers), max_threads=max_threads)
         self._max_workers = len(self._pool.workers)
