@@ -258,6 +258,12 @@ def _map_in_task(fn: Callable[..., Any], cols: tuple[list[Any], ...], granularit
     return list(current_executor()._dtm_chunked(fn, cols, granularity))
 
 
+def _progress_start() -> Callable[[Any, int | None], Any]:
+    from . import _progress  # imported when used (tqdm is slow to import)
+
+    return _progress.start
+
+
 def _drain(ar: AsyncResult, results: Iterator[Any]) -> None:
     try:
         values = list(results)
@@ -295,7 +301,8 @@ class ControlMixin(_Base):
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
-            self._submit_chunk, fn, tuple(iterables), None, chunksize, self._nworkers(), granularity
+            self._submit_chunk, fn, tuple(iterables), None, chunksize, self._nworkers(), granularity,
+            progress=_progress_start() if self._show_progress else None,
         )
 
     def _dtm_map(self, function: Callable[..., Any], /, *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:
@@ -377,6 +384,7 @@ class ControlMixin(_Base):
             raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
         if not self._nested:
             self._check_open()
+        total = _map._known_length((iterable,)) if self._show_progress else None
         source = iter(iterable)
         inflight: set[Future[Any]] = set()
         finished: collections.deque[Future[Any]] = collections.deque()
@@ -394,6 +402,7 @@ class ControlMixin(_Base):
         fill()
 
         def results() -> Iterator[Any]:
+            bar = _progress_start()(function, total) if self._show_progress else None
             try:
                 while inflight:
                     if not finished:
@@ -406,10 +415,15 @@ class ControlMixin(_Base):
                             continue  # already yielded
                         inflight.discard(fut)
                         fill()
-                        yield fut.result()
+                        value = fut.result()
+                        if bar is not None:
+                            bar.update(1)
+                        yield value
             finally:
                 for fut in inflight:
                     fut.cancel()
+                if bar is not None:
+                    bar.close()
 
         return results()
 
