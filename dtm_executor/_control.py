@@ -311,6 +311,26 @@ class ControlMixin(_Base):
             raise TypeError("map() needs at least one iterable")
         return list(self._dtm_chunked(_with_kwargs(function, kwargs), iterables, self._granularity))
 
+    # -- beyond DTM: as in mpi4py.futures and multiprocessing ---------------------------
+    def starmap(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """``fn(*args)`` for each ``args`` of ``iterable``, as an iterator of results in order:
+        `map` for arguments already grouped (``itertools.starmap``, mpi4py.futures'
+        ``starmap``), with `map`'s lazy input, ``timeout``, ``chunksize`` and ``buffersize``."""
+        if not self._nested:
+            self._check_open()
+        return _map.chunked_map(
+            self._submit_chunk, fn, (iterable,), timeout, chunksize, self._nworkers(),
+            self._granularity, progress=_progress_start() if self._show_progress else None,
+            buffersize=buffersize, starred=True,
+        )
+
     # -- DTM's Control API -------------------------------------------------------------
     def setOptions(self, *args: Any, **kwargs: Any) -> None:
         """DTM's ``setOptions``, for this executor: ``taskGranularity``, ``printSummary``,

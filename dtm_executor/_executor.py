@@ -149,12 +149,13 @@ class DTMExecutor(ControlMixin, Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
             self._submit_chunk, fn, iterables, timeout, chunksize, self._nworkers(), self._granularity,
-            progress=_progress_start() if self._show_progress else None,
+            progress=_progress_start() if self._show_progress else None, buffersize=buffersize,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

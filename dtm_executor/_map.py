@@ -65,6 +65,14 @@ def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
         return None
 
 
+def check_buffersize(buffersize: Any) -> None:
+    """Python 3.14's checks of ``Executor.map``'s ``buffersize``, in its words."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
 def chunked_map(
     submit_chunk: Callable[[Callable[..., Any], list[Any], bool], Future[Any]],
     fn: Callable[..., Any],
@@ -74,20 +82,25 @@ def chunked_map(
     nworkers: int,
     granularity: float = 0.0,
     progress: Callable[[Any, int | None], Any] | None = None,
+    buffersize: int | None = None,
+    starred: bool = False,
 ) -> Iterator[Any]:
     """Start the map now (like the standard library) and return its ordered result iterator.
 
     ``progress(fn, total)``, when given, makes a bar (``update(n)``, ``close()``) that counts the
-    items whose results reached the consumer."""
+    items whose results reached the consumer. ``buffersize``: at most that many items read and
+    not yet yielded (Python 3.14's meaning, counted in items whatever the chunks). ``starred``:
+    the one iterable holds argument tuples (``starmap``)."""
     if chunksize is not None and chunksize < 1:
         raise ValueError("chunksize must be >= 1.")
+    check_buffersize(buffersize)
     end = None if timeout is None else time.monotonic() + timeout
-    star = len(iterables) != 1
-    source: Iterator[Any] = zip(*iterables) if star else iter(iterables[0])
+    star = starred or len(iterables) != 1
+    source: Iterator[Any] = zip(*iterables) if len(iterables) != 1 else iter(iterables[0])
     remaining = _known_length(iterables)
     sizer = ChunkSizer(fn, chunksize, nworkers, granularity)
     window: list[tuple[Future[Any], int]] = []
-    state = {"exhausted": False, "remaining": remaining}
+    state: dict[str, Any] = {"exhausted": False, "remaining": remaining, "ahead": 0}
 
     def fill() -> None:
         # Chunks "in flight" are those not finished; finished ones wait for the consumer, up to a
@@ -96,12 +109,17 @@ def chunked_map(
             if sum(1 for f, _ in window if not f.done()) >= sizer.window():
                 break
             size = sizer.next_size(state["remaining"])
+            if buffersize is not None:
+                size = min(size, buffersize - state["ahead"])
+                if size <= 0:
+                    break
             items = list(itertools.islice(source, size))
             if not items:
                 state["exhausted"] = True
                 break
             if state["remaining"] is not None:
                 state["remaining"] -= len(items)
+            state["ahead"] += len(items)
             window.append((submit_chunk(fn, items, star), len(items)))
             if len(items) < size:
                 state["exhausted"] = True
@@ -134,6 +152,9 @@ def chunked_map(
                 del values[stop:]
                 values.reverse()
                 while values:  # pop as we go: the consumer may drop what it was given
+                    if buffersize is not None:  # as Python 3.14: refill, then yield
+                        state["ahead"] -= 1
+                        fill()
                     yield values.pop()
                 if errs:
                     raise errs[0][1]
