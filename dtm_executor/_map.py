@@ -100,7 +100,7 @@ def chunked_map(
     remaining = _known_length(iterables)
     sizer = ChunkSizer(fn, chunksize, nworkers, granularity)
     window: list[tuple[Future[Any], int]] = []
-    state: dict[str, Any] = {"exhausted": False, "remaining": remaining, "ahead": 0}
+    state: dict[str, Any] = {"exhausted": False, "remaining": remaining, "ahead": 0, "read": 0}
 
     def fill() -> None:
         # Chunks "in flight" are those not finished; finished ones wait for the consumer, up to a
@@ -120,7 +120,12 @@ def chunked_map(
             if state["remaining"] is not None:
                 state["remaining"] -= len(items)
             state["ahead"] += len(items)
-            window.append((submit_chunk(fn, items, star), len(items)))
+            fut = submit_chunk(fn, items, star)
+            # where the chunk starts in the input, so that a failure names its item there (read
+            # when the chunk settles: after a round trip to a worker, long after this line)
+            fut._dtm_first = state["read"]  # type: ignore[attr-defined]
+            state["read"] += len(items)
+            window.append((fut, len(items)))
             if len(items) < size:
                 state["exhausted"] = True
 
@@ -143,6 +148,7 @@ def chunked_map(
                 else:
                     values, errs = fut.result(end - time.monotonic())
                 window.pop(0)
+                first = getattr(fut, "_dtm_first", 0)
                 if bar is not None:
                     bar.update(errs[0][0] if errs else n)
                 sizer.observe(n, getattr(fut, "_dtm_dur", 0.0))
@@ -157,7 +163,10 @@ def chunked_map(
                         fill()
                     yield values.pop()
                 if errs:
-                    raise errs[0][1]
+                    exc = errs[0][1]
+                    if hasattr(exc, "add_note"):  # Python 3.11+: the traceback names the item
+                        exc.add_note(f"(item {first + errs[0][0]} of the map's input)")
+                    raise exc
         finally:
             for fut, _ in window:
                 fut.cancel()

@@ -79,9 +79,14 @@ class _Task:
         self.retries = 0
         self.parent: tuple[int, int] | None = None  # (owner, tid) of the submitting task
 
+    def fn_label(self) -> str:
+        """The function's name; read from its pickle when it is not (or cannot be) unpickled."""
+        if self.fn is not None:
+            return fn_name(self.fn)
+        return _serial.pickled_name(self.fnblob) or "?"
+
     def label(self) -> str:
-        name = fn_name(self.fn) if self.fn is not None else "?"
-        return f"task #{self.tid} ({name})"
+        return f"task #{self.tid} ({self.fn_label()})"
 
 
 def run_chunk(
@@ -417,8 +422,10 @@ class Node:
         fut._dtm_task = None  # break the future <-> task cycle: let refcounting free both
         if ok:
             if task.kind == CHUNK and value[1]:
+                first = getattr(fut, "_dtm_first", None)  # the chunk's place in the map's input
                 for i, e in value[1]:
-                    log.warning("%s item %d raised %s: %s", task.label(), i, type(e).__name__, e)
+                    log.warning("%s item %s raised %s: %s", task.label(),
+                                i + first if first is not None else f"{i} of its chunk", type(e).__name__, e)
             _settle(fut, True, value)
         else:
             log.warning("%s raised %s: %s", task.label(), type(value).__name__, value)
@@ -834,7 +841,7 @@ class Worker:
         key = task.fid if task.fid is not None else id(task.fn)
         st = self.fn_stats.get(key)
         if st is None:
-            st = self.fn_stats[key] = [fn_name(task.fn) if task.fn is not None else "?", 0, 0.0, 0]
+            st = self.fn_stats[key] = [task.fn_label(), 0, 0.0, 0]
         st[1] += 1
         st[2] += dur
         st[3] += n
@@ -857,7 +864,7 @@ class Worker:
                 hint = (" Functions defined under `if __name__ == '__main__':` or in an interactive "
                         "session do not exist on workers; define them at module level.")
             raise SerializationError(
-                f"task #{task.tid} from rank {task.owner}: cannot unpickle its function on rank "
+                f"{task.label()} from rank {task.owner}: cannot unpickle its function on rank "
                 f"{self.rank}: {type(e).__name__}: {e}.{hint}"
             ) from e
         task.fn = fn
