@@ -8,11 +8,17 @@ only the window's items are read ahead of the consumer.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Iterator
+
+from ._serial import fn_name
+
+log = logging.getLogger("dtm_executor")
 
 TARGET_CHUNK_SECONDS = 0.01
 #: the smallest chunk worth a round trip when the tail of a map is split for balance (seconds)
@@ -63,6 +69,17 @@ def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
         return min(len(it) for it in iterables)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _log_item_failures(fn: Any, first: int, fut: Future[Any]) -> None:
+    """Log each failed item of a settled chunk by its index in the map's input (DTM warned of
+    every failure), unless the scheduler did as it settled the chunk: it does when the chunk's
+    ``_dtm_first`` was set by then, which is nearly always (this callback runs after it)."""
+    if getattr(fut, "_dtm_logged", False) or fut.cancelled() or fut.exception() is not None:
+        return  # logged already, or the whole chunk failed (the scheduler logged that)
+    errs = fut.result()[1]
+    for i, e in errs or ():
+        log.warning("map(%s) item %d raised %s: %s", fn_name(fn), first + i, type(e).__name__, e)
 
 
 def check_buffersize(buffersize: Any) -> None:
@@ -121,9 +138,10 @@ def chunked_map(
                 state["remaining"] -= len(items)
             state["ahead"] += len(items)
             fut = submit_chunk(fn, items, star)
-            # where the chunk starts in the input, so that a failure names its item there (read
-            # when the chunk settles: after a round trip to a worker, long after this line)
+            # where the chunk starts in the input: a failure names its item there (the callback
+            # logs it if the chunk settled before this line)
             fut._dtm_first = state["read"]  # type: ignore[attr-defined]
+            fut.add_done_callback(functools.partial(_log_item_failures, fn, state["read"]))
             state["read"] += len(items)
             window.append((fut, len(items)))
             if len(items) < size:

@@ -423,9 +423,10 @@ class Node:
         if ok:
             if task.kind == CHUNK and value[1]:
                 first = getattr(fut, "_dtm_first", None)  # the chunk's place in the map's input
-                for i, e in value[1]:
-                    log.warning("%s item %s raised %s: %s", task.label(),
-                                i + first if first is not None else f"{i} of its chunk", type(e).__name__, e)
+                if first is not None:  # (not known yet: the map logs them, see _map)
+                    fut._dtm_logged = True  # type: ignore[attr-defined]
+                    for i, e in value[1]:
+                        log.warning("%s item %d raised %s: %s", task.label(), first + i, type(e).__name__, e)
             _settle(fut, True, value)
         else:
             log.warning("%s raised %s: %s", task.label(), type(value).__name__, value)

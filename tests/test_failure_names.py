@@ -7,6 +7,7 @@ import logging
 import pickle
 import sys
 import textwrap
+import time
 
 import cloudpickle
 import pytest
@@ -30,7 +31,16 @@ def nested_map(chunksize):
 
 
 def _item_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "raised ValueError: bad item 37" in r.getMessage()]
+    """The log lines about item 37 (logged as its chunk settles, possibly just after the map
+    raised in the consumer: wait for them a little)."""
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "raised ValueError: bad item 37" in r.getMessage()]
+
+    end = time.monotonic() + 10
+    while not lines() and time.monotonic() < end:
+        time.sleep(0.01)
+    time.sleep(0.05)  # (a second line, which must not come, would come now)
+    return lines()
 
 
 @pytest.mark.parametrize("chunksize", [10, 7, None])
