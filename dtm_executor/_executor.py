@@ -43,7 +43,31 @@ class DTMExecutor(ControlMixin, Executor):
 
     ``DTMExecutor()`` inside a running task (or a `DTMExecutor` pickled into one) is the
     executor of the worker running that task: nested work goes to its local deque and is
-    balanced from there. ``max_threads`` caps the threads a worker may use for suspended tasks.
+    balanced from there. Create executors under ``if __name__ == "__main__":``: workers import
+    the main module, as multiprocessing's *spawn* does. ``shutdown(wait=True,
+    cancel_futures=False)`` and ``with`` behave as in the standard library (Ctrl-C in a
+    ``with`` block stops the workers at once).
+
+    :param max_workers: worker processes (default: the CPUs this process may use); under MPI
+        the number of ranks decides, with a hostfile its slots. ``<= 0``: ``ValueError``.
+    :param transport: ``"auto"`` (``$DTM_EXECUTOR_TRANSPORT`` if set; TCP if ``hostfile=`` or
+        ``hosts=`` is given; MPI under an MPI launcher with several ranks; else local
+        processes), ``"local"``, ``"mpi"`` or ``"tcp"``; any case.
+    :param initializer: called with ``*initargs`` once in each worker before any task.
+    :param max_threads: threads a worker may hold for tasks suspended in a wait (>= 2); at
+        the cap a waiting task runs queued work on its own stack.
+    :param max_retries: times a task is run again after the worker running it died, before it
+        fails with `WorkerLostError`.
+    :param print_summary: print a table per function and per worker at shutdown.
+    :param progress: a progress bar (tqdm, else log lines) for every mapping call.
+    :param trace_dir: record a trace of the run and write it there at shutdown.
+    :param options: DTM's option names (``taskGranularity=``, ``printSummary=``,
+        ``setTraceMode=``, ``traceDir=``, ``loadBalancer=``, ``communicationManager=``, or
+        their Python spellings such as ``task_granularity=``), and the TCP transport's options
+        (``hostfile``, ``hosts``, ``ssh_command``, ``remote_python``, ``remote_dir``,
+        ``tls_cert``, ``tls_key``, ``tls_ca``, ``connect_timeout``, ``start_timeout``,
+        ``handshake_timeout``, ``listen_address``, ``port``, ``max_frame_bytes``; see
+        docs/tcp.md). Any other name is a ``TypeError``, as for any Python call.
     """
 
     _nested = False
@@ -136,6 +160,13 @@ class DTMExecutor(ControlMixin, Executor):
 
     # -- Executor interface --------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return a `concurrent.futures.Future` of its result.
+
+        Inside a task the child goes to this worker's local queue: waiting on it runs it inline
+        if it is still queued, else lends the worker to other work. ``fn`` travels by reference
+        when it can (a module-level function), by value otherwise (lambdas, closures). A
+        failure is raised again by ``result()`` with the worker's traceback as its
+        ``__cause__`` (a `RemoteTraceback`)."""
         if self._nested:
             return self._worker.submit(fn, args, kwargs)  # type: ignore[return-value]
         self._check_open()
@@ -151,6 +182,16 @@ class DTMExecutor(ControlMixin, Executor):
         chunksize: int | None = None,
         buffersize: int | None = None,
     ) -> Iterator[T]:
+        """Like ``map(fn, *iterables)``, computed in parallel: an iterator of the results in
+        order, started at once (as the standard `concurrent.futures.Executor.map`).
+
+        The input is read lazily, a bounded window ahead of the consumer. ``chunksize`` fixes
+        the items per task; left out, chunks start at one item and grow to about 10 ms of work
+        (at least ``task_granularity``), smaller again at the end so that it balances.
+        ``buffersize`` (Python 3.14's meaning, on every Python): at most that many items read
+        and not yet yielded. ``timeout`` (seconds, for the whole map): `TimeoutError` from the
+        iterator past it. An item's exception is raised by the iterator at that item, after
+        the results before it."""
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
@@ -192,6 +233,7 @@ class DTMExecutor(ControlMixin, Executor):
     # -- internals -----------------------------------------------------------------------
     @property
     def max_workers(self) -> int:
+        """The number of workers (ranks that run tasks)."""
         return self._max_workers
 
     def _nworkers(self) -> int:
