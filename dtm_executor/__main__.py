@@ -173,6 +173,10 @@ def _exec_module_as_main(target: tuple[str, Any, Any]) -> None:
                          __loader__=spec.loader, __spec__=spec, __package__=spec.parent)
     sys.modules["__main__"] = sys.modules["__mp_main__"] = main
     _serial.refresh_main_policy()
+    if spec.name.endswith(".__main__"):
+        # a package's __main__, which workers do not import (multiprocessing does not either:
+        # such files often run their program unguarded): its functions must travel by value
+        _serial._BY_REFERENCE_OK[0] = False
     exec(code, main.__dict__)
 
 

@@ -27,11 +27,9 @@ class SerializationError(pickle.PicklingError):
 
 def _main_travels_by_reference() -> bool:
     main = sys.modules.get("__main__")
-    name = getattr(getattr(main, "__spec__", None), "name", None)
-    if name is not None:  # run with -m: workers import it by name, except a package's (or a
-        # directory's, a zip's) __main__, which multiprocessing never imports on workers
-        return name != "__main__" and not name.endswith(".__main__")
-    return bool(getattr(main, "__file__", None))
+    return bool(getattr(main, "__file__", None)) or getattr(
+        getattr(main, "__spec__", None), "name", None
+    ) not in (None, "__main__")
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
