@@ -6,23 +6,22 @@ inline or lend the worker to other work) because the futures are `DTMFuture` obj
 
 DTM tracked the asynchronous requests of each task so that ``waitAll()``/``waitAny()`` without a
 list mean "this task's pending requests". We keep that per task: the ``AsyncResult`` objects created
-by the task running on this thread (or by this thread, outside tasks).
+by the task running on this thread; outside tasks, by the root task of the executor they were made
+on (the program that owns it, one bookkeeping per thread of it).
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import threading
+import warnings
 from concurrent import futures
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _map, _options
-from ._futures import DTMFuture, executing_worker, tls
-
-_SEQ = itertools.count(1)
+from ._futures import SEQ, DTMFuture, executing_worker, tls
 
 
 class AsyncResult(DTMFuture):
@@ -34,7 +33,6 @@ class AsyncResult(DTMFuture):
 
     def __init__(self) -> None:
         super().__init__()
-        self._dtm_seq = 0  # completion order, for waitAny/testAny ("the last finished")
         self._dtm_sources: tuple[Future[Any], ...] = ()
 
     # -- DTM's interface ---------------------------------------------------------------
@@ -58,16 +56,6 @@ class AsyncResult(DTMFuture):
         futures.wait([self], timeout)
 
     # -- Future plumbing ---------------------------------------------------------------
-    def set_result(self, result: Any) -> None:
-        if not self._dtm_seq:
-            self._dtm_seq = next(_SEQ)
-        super().set_result(result)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        if not self._dtm_seq:
-            self._dtm_seq = next(_SEQ)
-        super().set_exception(exception)
-
     def cancel(self) -> bool:
         if self._dtm_sources:
             for src in self._dtm_sources:
@@ -90,7 +78,7 @@ class AsyncResult(DTMFuture):
         return ar
 
     def _copy_from(self, src: Future[Any]) -> None:
-        self._dtm_seq = next(_SEQ)
+        self._dtm_seq = next(SEQ)  # settled now (the Future methods below do not stamp)
         if src.cancelled():
             Future.cancel(self)
             self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait on us
@@ -106,9 +94,22 @@ class AsyncResult(DTMFuture):
 
 
 def _seq(f: Future[Any]) -> int:
-    s = getattr(f, "_dtm_seq", 0)
-    # done but not stamped yet (a plain future, or a stamp a few instructions away): newest
-    return s if s else (1 << 62 if f.done() else 0)
+    """When ``f`` settled, in this process's order. Ours are stamped as they settle; a future of
+    another kind is stamped by a callback once seen pending (`_watch`), and one that was done
+    before we ever saw it counts as older than every stamped one."""
+    return getattr(f, "_dtm_seq", 0)
+
+
+def _stamp(f: Future[Any]) -> None:
+    f._dtm_seq = next(SEQ)  # type: ignore[attr-defined]
+
+
+def _watch(fs: Iterable[Future[Any]]) -> None:
+    for f in fs:
+        if not isinstance(f, DTMFuture) and not hasattr(f, "_dtm_seq"):
+            f._dtm_seq = 0  # type: ignore[attr-defined]
+            if not f.done():
+                f.add_done_callback(_stamp)
 
 
 def _last_finished(fs: Iterable[Future[Any]]) -> Future[Any] | None:
@@ -150,9 +151,11 @@ class _Requests:
 _local = threading.local()
 
 
-def _requests() -> _Requests:
+def _requests(owner: Any = None) -> _Requests:
     """The bookkeeping of the task running on this thread (inline children are tasks of their
-    own), or of this thread when it runs no task (the root task of ``dtm.start``)."""
+    own), or, when it runs no task, of the root task of ``owner`` (the executor the request
+    was made on, or that ``dtm`` uses): each executor's program is a root task of its own, so
+    a new executor never sees the requests of an earlier one. None: no executor, no requests."""
     stack = getattr(tls, "tasks", None)
     if stack:
         table: dict[int, tuple[Any, _Requests]] | None = getattr(_local, "by_task", None)
@@ -166,27 +169,32 @@ def _requests() -> _Requests:
                 del table[key]
             entry = table[id(task)] = (task, _Requests())
         return entry[1]
-    reqs: _Requests | None = getattr(_local, "root", None)
+    if owner is None:
+        return _Requests()
+    # per executor and per thread: the program's threads do not share a root task (DTM's
+    # Control API belongs to the thread running the task)
+    roots = owner.__dict__.get("_dtm_roots")
+    if roots is None:
+        roots = owner.__dict__.setdefault("_dtm_roots", threading.local())
+    reqs: _Requests | None = getattr(roots, "requests", None)
     if reqs is None:
-        reqs = _local.root = _Requests()
+        reqs = roots.requests = _Requests()
     return reqs
 
 
-def reset_root_requests() -> None:
-    """Forget this thread's requests (``dtm.start`` begins a new root task)."""
-    _local.root = _Requests()
-
-
-def _candidates(reqList: Sequence[Future[Any]] | None) -> tuple[list[Future[Any]], bool]:
-    """(the requests to consider, whether they were given)."""
+def _candidates(reqList: Sequence[Future[Any]] | None, owner: Any) -> list[Future[Any]]:
+    """The requests to consider: ``reqList``, else the current task's pending ones and the last
+    that finished."""
     if reqList:
-        return list(reqList), True
-    reqs = _requests()
+        fs = list(reqList)
+        _watch(fs)
+        return fs
+    reqs = _requests(owner)
     reqs.refresh()
     out: list[Future[Any]] = list(reqs.pending)
     if reqs.last is not None:
         out.append(reqs.last)
-    return out, False
+    return out
 
 
 # -- helpers that run in tasks ----------------------------------------------------------------
@@ -251,6 +259,12 @@ def _map_in_task(fn: Callable[..., Any], cols: tuple[list[Any], ...], granularit
     return list(current_executor()._dtm_chunked(fn, cols, granularity))
 
 
+def _progress_start() -> Callable[[Any, int | None], Any]:
+    from . import _progress  # imported when used (tqdm is slow to import)
+
+    return _progress.start
+
+
 def _drain(ar: AsyncResult, results: Iterator[Any]) -> None:
     try:
         values = list(results)
@@ -290,6 +304,7 @@ class ControlMixin(_Base):
         return _map.chunked_map(
             functools.partial(self._submit_chunk, pin=[]), fn, tuple(iterables), None, chunksize,
             self._nworkers(), granularity,
+            progress=_progress_start() if self._show_progress else None,
         )
 
     def _dtm_map(self, function: Callable[..., Any], /, *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:
@@ -298,7 +313,56 @@ class ControlMixin(_Base):
             raise TypeError("map() needs at least one iterable")
         return list(self._dtm_chunked(_with_kwargs(function, kwargs), iterables, self._granularity))
 
+    # -- beyond DTM: as in mpi4py.futures and multiprocessing ---------------------------
+    def starmap(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """``fn(*args)`` for each ``args`` of ``iterable``, as an iterator of results in order:
+        `map` for arguments already grouped (``itertools.starmap``, mpi4py.futures'
+        ``starmap``), with `map`'s lazy input, ``timeout``, ``chunksize`` and ``buffersize``."""
+        if not self._nested:
+            self._check_open()
+        return _map.chunked_map(
+            self._submit_chunk, fn, (iterable,), timeout, chunksize, self._nworkers(),
+            self._granularity, progress=_progress_start() if self._show_progress else None,
+            buffersize=buffersize, starred=True,
+        )
+
     # -- DTM's Control API -------------------------------------------------------------
+    def setOptions(self, *args: Any, **kwargs: Any) -> None:
+        """DTM's ``setOptions``, for this executor: ``taskGranularity``, ``printSummary``,
+        ``loadBalancer`` (only ``"PDB"``), ``communicationManager`` (naming this executor's
+        transport), ``setTraceMode``/``traceDir`` (for an executor created with ``trace_dir=``:
+        its workers decide whether to record when they start), in DTM's spelling or Python's,
+        and ``progress``. Call it before the work it should affect, in the program that owns the
+        executor. A wrong value, or an option fixed when the executor was created
+        (``max_workers``, the transport's), is a ``ValueError`` and changes nothing; an unknown
+        name is a `DTMOptionWarning` (DTM ignored those silently)."""
+        if self._nested:
+            raise RuntimeError(
+                "setOptions() cannot be called inside a task: set the options of the executor in "
+                "the program that created it"
+            )
+        if self._shutdown:
+            warnings.warn("setOptions() was called after shutdown(); the options are not considered",
+                          _options.DTMOptionWarning, stacklevel=2)
+            return
+        tracing = self._node.trace is not None
+        changes = _options.changes_for_executor(args, kwargs, self._kind, tracing, stacklevel=3)
+        if "task_granularity" in changes:
+            self._granularity = changes["task_granularity"]
+        if "print_summary" in changes:
+            self._print_summary = changes["print_summary"]
+        if "progress" in changes:
+            self._show_progress = changes["progress"]
+        if "trace_dir" in changes:
+            self._trace_dir = changes["trace_dir"]
+
     def apply(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``function(*args, **kwargs)`` as a task and return its result (blocks)."""
         return self.submit(function, *args, **kwargs).result()
@@ -306,7 +370,7 @@ class ControlMixin(_Base):
     def apply_async(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Like `apply`, without waiting: returns an `AsyncResult`."""
         ar = AsyncResult._chain(self.submit(function, *args, **kwargs))
-        _requests().add(ar)
+        _requests(self).add(ar)
         return ar
 
     def map_async(self, function: Callable[..., Any], /, *iterables: Iterable[Any], **kwargs: Any) -> AsyncResult:
@@ -326,7 +390,7 @@ class ControlMixin(_Base):
             ar = AsyncResult()
             ar.set_running_or_notify_cancel()
             threading.Thread(target=_drain, args=(ar, results), name="dtm-map-async", daemon=True).start()
-        _requests().add(ar)
+        _requests(self).add(ar)
         return ar
 
     def imap(self, function: Callable[..., Any], /, *iterables: Iterable[Any], chunksize: int | None = None) -> Iterator[Any]:
@@ -342,6 +406,7 @@ class ControlMixin(_Base):
             raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
         if not self._nested:
             self._check_open()
+        total = _map._known_length((iterable,)) if self._show_progress else None
         source = iter(iterable)
         inflight: set[Future[Any]] = set()
         finished: collections.deque[Future[Any]] = collections.deque()
@@ -359,6 +424,7 @@ class ControlMixin(_Base):
         fill()
 
         def results() -> Iterator[Any]:
+            bar = _progress_start()(function, total) if self._show_progress else None
             try:
                 while inflight:
                     if not finished:
@@ -371,10 +437,15 @@ class ControlMixin(_Base):
                             continue  # already yielded
                         inflight.discard(fut)
                         fill()
-                        yield fut.result()
+                        value = fut.result()
+                        if bar is not None:
+                            bar.update(1)
+                        yield value
             finally:
                 for fut in inflight:
                     fut.cancel()
+                if bar is not None:
+                    bar.close()
 
         return results()
 
@@ -393,52 +464,50 @@ class ControlMixin(_Base):
     def waitAll(self, reqList: Sequence[Future[Any]] | None = None) -> None:
         """Wait until every request in ``reqList`` (default: this task's pending asynchronous
         requests) is ready."""
-        wait_all(reqList)
+        wait_all(reqList, self)
 
     def waitAny(self, reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
         """Wait until one pending request of ``reqList`` (default: this task's) is ready, then
-        return the last one that finished (possibly not the only one). Without ``reqList`` and
-        with nothing pending, returns None."""
-        return wait_any(reqList)
+        return the last one that finished (possibly not the only one). With nothing pending it
+        returns at once: the last finished, or None if none has finished."""
+        return wait_any(reqList, self)
 
     def testAll(self, reqList: Sequence[Future[Any]] | None = None) -> bool:
         """Whether every request of ``reqList`` (default: this task's) is ready; never blocks."""
-        return test_all(reqList)
+        return test_all(reqList, self)
 
     def testAny(self, reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
         """The last finished request of ``reqList`` (default: this task's), or None if none has
         finished; never blocks. Calling it again returns the same one until another finishes."""
-        return test_any(reqList)
+        return test_any(reqList, self)
 
     def getWorkerId(self) -> int:
         """The rank of the worker running the current task (0 in the root task)."""
         return current_worker_id()
 
 
-def wait_all(reqList: Sequence[Future[Any]] | None) -> None:
-    fs, _ = _candidates(reqList)
+def wait_all(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> None:
+    fs = _candidates(reqList, owner)
     pending = [f for f in fs if not f.done()]
     if pending:
         futures.wait(pending)  # inside a task, this wait helps
 
 
-def wait_any(reqList: Sequence[Future[Any]] | None) -> Future[Any] | None:
-    fs, given = _candidates(reqList)
+def wait_any(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> Future[Any] | None:
+    fs = _candidates(reqList, owner)
     pending = [f for f in fs if not f.done()]
     if pending:
         futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-    elif not given:
-        return None
     return _last_finished(fs)
 
 
-def test_all(reqList: Sequence[Future[Any]] | None) -> bool:
-    fs, _ = _candidates(reqList)
+def test_all(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> bool:
+    fs = _candidates(reqList, owner)
     return all(f.done() for f in fs)
 
 
-def test_any(reqList: Sequence[Future[Any]] | None) -> Future[Any] | None:
-    fs, _ = _candidates(reqList)
+def test_any(reqList: Sequence[Future[Any]] | None, owner: Any = None) -> Future[Any] | None:
+    fs = _candidates(reqList, owner)
     return _last_finished(fs)
 
 

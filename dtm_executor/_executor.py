@@ -5,12 +5,13 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import operator
 import os
 import pickle
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 
 from . import _local, _map, _options, _runtime, _serial
@@ -42,7 +43,31 @@ class DTMExecutor(ControlMixin, Executor):
 
     ``DTMExecutor()`` inside a running task (or a `DTMExecutor` pickled into one) is the
     executor of the worker running that task: nested work goes to its local deque and is
-    balanced from there. ``max_threads`` caps the threads a worker may use for suspended tasks.
+    balanced from there. Create executors under ``if __name__ == "__main__":``: workers import
+    the main module, as multiprocessing's *spawn* does. ``shutdown(wait=True,
+    cancel_futures=False)`` and ``with`` behave as in the standard library (Ctrl-C in a
+    ``with`` block stops the workers at once).
+
+    :param max_workers: worker processes (default: the CPUs this process may use); under MPI
+        the number of ranks decides, with a hostfile its slots. ``<= 0``: ``ValueError``.
+    :param transport: ``"auto"`` (``$DTM_EXECUTOR_TRANSPORT`` if set; TCP if ``hostfile=`` or
+        ``hosts=`` is given; MPI under an MPI launcher with several ranks; else local
+        processes), ``"local"``, ``"mpi"`` or ``"tcp"``; any case.
+    :param initializer: called with ``*initargs`` once in each worker before any task.
+    :param max_threads: threads a worker may hold for tasks suspended in a wait (>= 2); at
+        the cap a waiting task runs queued work on its own stack.
+    :param max_retries: times a task is run again after the worker running it died, before it
+        fails with `WorkerLostError`.
+    :param print_summary: print a table per function and per worker at shutdown.
+    :param progress: a progress bar (tqdm, else log lines) for every mapping call.
+    :param trace_dir: record a trace of the run and write it there at shutdown.
+    :param options: DTM's option names (``taskGranularity=``, ``printSummary=``,
+        ``setTraceMode=``, ``traceDir=``, ``loadBalancer=``, ``communicationManager=``, or
+        their Python spellings such as ``task_granularity=``), and the TCP transport's options
+        (``hostfile``, ``hosts``, ``ssh_command``, ``remote_python``, ``remote_dir``,
+        ``tls_cert``, ``tls_key``, ``tls_ca``, ``connect_timeout``, ``start_timeout``,
+        ``handshake_timeout``, ``listen_address``, ``port``, ``max_frame_bytes``; see
+        docs/tcp.md). Any other name is a ``TypeError``, as for any Python call.
     """
 
     _nested = False
@@ -77,16 +102,25 @@ class DTMExecutor(ControlMixin, Executor):
             )
         if max_workers is None:
             max_workers = _usable_cpus()
-        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers <= 0:
-            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        try:
+            if isinstance(max_workers, bool):
+                raise TypeError
+            max_workers = operator.index(max_workers)  # numpy's integers too
+        except TypeError:
+            raise TypeError(f"max_workers must be an int, not {max_workers!r}") from None
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")  # the standard pools' words
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if not isinstance(max_threads, int) or max_threads < 2:
             raise ValueError(f"max_threads must be an int >= 2, not {max_threads!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
-        kind = _choose_transport(transport)
+        kind = _choose_transport(transport, options)
+        self._kind = kind
         dtm_options = _options.take_executor_options(options, kind)  # DTM's names; bad value: ValueError
+        # the rest: the transport's own options; a typo is a TypeError (before any worker starts)
+        pool_options = _options.take_transport_options(options, kind, transport.strip().lower() != "auto")
         print_summary = print_summary or dtm_options.print_summary
         if trace_dir is None and dtm_options.trace_mode:
             trace_dir = dtm_options.trace_dir
@@ -105,9 +139,8 @@ class DTMExecutor(ControlMixin, Executor):
         self._print_summary = bool(print_summary)
         self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
-        pool_options = dict(options)
         self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
-        _options.warn_unknown(pool_options)  # left by the pool too: a warning naming each
+        _options.warn_unknown(pool_options)  # left by a pool registered elsewhere: named
         node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
                     workers=list(self._pool.workers), max_threads=max_threads)
         self._max_workers = len(self._pool.workers)
@@ -129,6 +162,13 @@ class DTMExecutor(ControlMixin, Executor):
 
     # -- Executor interface --------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return a `concurrent.futures.Future` of its result.
+
+        Inside a task the child goes to this worker's local queue: waiting on it runs it inline
+        if it is still queued, else lends the worker to other work. ``fn`` travels by reference
+        when it can (a module-level function), by value otherwise (lambdas, closures). A
+        failure is raised again by ``result()`` with the worker's traceback as its
+        ``__cause__`` (a `RemoteTraceback`)."""
         if self._nested:
             return self._worker.submit(fn, args, kwargs)  # type: ignore[return-value]
         self._check_open()
@@ -142,13 +182,24 @@ class DTMExecutor(ControlMixin, Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
+        """Like ``map(fn, *iterables)``, computed in parallel: an iterator of the results in
+        order, started at once (as the standard `concurrent.futures.Executor.map`).
+
+        The input is read lazily, a bounded window ahead of the consumer. ``chunksize`` fixes
+        the items per task; left out, chunks start at one item and grow to about 10 ms of work
+        (at least ``task_granularity``), smaller again at the end so that it balances.
+        ``buffersize`` (Python 3.14's meaning, on every Python): at most that many items read
+        and not yet yielded. ``timeout`` (seconds, for the whole map): `TimeoutError` from the
+        iterator past it. An item's exception is raised by the iterator at that item, after
+        the results before it."""
         if not self._nested:
             self._check_open()
         return _map.chunked_map(
             functools.partial(self._submit_chunk, pin=[]), fn, iterables, timeout, chunksize,
             self._nworkers(), self._granularity,
-            progress=_progress_start() if self._show_progress else None,
+            progress=_progress_start() if self._show_progress else None, buffersize=buffersize,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -185,6 +236,7 @@ class DTMExecutor(ControlMixin, Executor):
     # -- internals -----------------------------------------------------------------------
     @property
     def max_workers(self) -> int:
+        """The number of workers (ranks that run tasks)."""
         return self._max_workers
 
     def _nworkers(self) -> int:
@@ -265,12 +317,32 @@ def _mpi_pool(*args: Any) -> Any:
 _POOLS["mpi"] = _mpi_pool
 
 
-def _choose_transport(transport: str) -> str:
-    """``"auto"``: ``$DTM_EXECUTOR_TRANSPORT`` if set (the launcher's ``--transport``), else MPI
-    when started by an MPI launcher with more than one rank, else local worker processes."""
-    if transport == "auto":
-        transport = os.environ.get("DTM_EXECUTOR_TRANSPORT", "").strip().lower() or "auto"
-    if transport == "auto":
+def _choose_transport(transport: str, options: Mapping[str, Any] | None = None) -> str:
+    """The transport's name in `_POOLS` (names are case-insensitive). ``"auto"``:
+    ``$DTM_EXECUTOR_TRANSPORT`` if set (the launcher's ``--transport``), else TCP when hosts are
+    given (``hostfile=``/``hosts=`` in ``options``, as the launcher's ``--hostfile``, or the
+    legacy ``--dtmTCPhosts``), else MPI when started by an MPI launcher with more than one rank,
+    else local worker processes."""
+    if not isinstance(transport, str):
+        raise TypeError(f"transport must be a string such as 'local' or 'tcp', not {transport!r}")
+    names = {k.lower(): k for k in _POOLS}
+    choices = f"one of {sorted(_POOLS)} or 'auto'"
+    name = transport.strip().lower()
+    hosts = [k for k in ("hostfile", "hosts") if options and options.get(k) is not None]
+    if name == "auto":
+        raw = os.environ.get("DTM_EXECUTOR_TRANSPORT", "")
+        env = raw.strip().lower()
+        if env and env != "auto":
+            if env not in names:
+                raise ValueError(f"DTM_EXECUTOR_TRANSPORT={raw!r} is not a transport: expected {choices}")
+            if hosts and names[env] != "tcp":
+                raise ValueError(
+                    f"{hosts[0]}= asks for the 'tcp' transport, but DTM_EXECUTOR_TRANSPORT={raw!r} "
+                    f"selects {names[env]!r}"
+                )
+            return names[env]
+        if hosts:
+            return "tcp"
         from ._hostfile import ENV_HOSTFILE, argv_hostfile
         from ._mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
 
@@ -279,9 +351,9 @@ def _choose_transport(transport: str) -> str:
         if argv_hostfile() or os.environ.get(ENV_HOSTFILE):  # --dtmTCPhosts=FILE, --hostfile
             return "tcp"
         return "local"
-    if transport not in _POOLS:
-        raise ValueError(f"unknown transport {transport!r}; expected one of {sorted(_POOLS)} or 'auto'")
-    return transport
+    if name not in names:
+        raise ValueError(f"unknown transport {transport!r}; expected {choices}")
+    return names[name]
 
 
 def _on_worker_lost(node: Node, pool: Any, rank: int) -> None:

@@ -9,13 +9,17 @@ other tasks meanwhile. Outside tasks, they behave exactly like standard futures.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from concurrent.futures import Future, TimeoutError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Iterable, Protocol
 
 DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+
+#: Completion order of this process's futures (``_dtm_seq``): DTM's "the last finished request".
+SEQ = itertools.count(1)
 
 #: Per-thread execution context: ``worker`` is set on threads that execute tasks.
 tls = threading.local()
@@ -41,6 +45,24 @@ class DTMFuture(Future):  # type: ignore[type-arg]
         self._waiters = _Waiters(self)  # type: ignore[assignment]
         self._dtm_task: Any = None
         self._dtm_dur = 0.0
+        #: when it settled, in this process's order (0: not yet). Stamped just before the state
+        #: changes, so a done future always has its stamp (waitAny/testAny compare them).
+        self._dtm_seq = 0
+
+    def set_result(self, result: Any) -> None:
+        if self._state not in DONE_STATES:  # type: ignore[attr-defined]
+            self._dtm_seq = next(SEQ)
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if self._state not in DONE_STATES:  # type: ignore[attr-defined]
+            self._dtm_seq = next(SEQ)
+        super().set_exception(exception)
+
+    def cancel(self) -> bool:
+        if self._state == PENDING:  # type: ignore[attr-defined]
+            self._dtm_seq = next(SEQ)  # if it starts running instead, its result stamps again
+        return super().cancel()
 
     def _is_done(self) -> bool:
         return self._state in DONE_STATES  # type: ignore[attr-defined]

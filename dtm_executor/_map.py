@@ -8,11 +8,17 @@ only the window's items are read ahead of the consumer.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Iterator
+
+from ._serial import fn_name
+
+log = logging.getLogger("dtm_executor")
 
 TARGET_CHUNK_SECONDS = 0.01
 #: the smallest chunk worth a round trip when the tail of a map is split for balance (seconds)
@@ -65,6 +71,25 @@ def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
         return None
 
 
+def _log_item_failures(fn: Any, first: int, fut: Future[Any]) -> None:
+    """Log each failed item of a settled chunk by its index in the map's input (DTM warned of
+    every failure), unless the scheduler did as it settled the chunk: it does when the chunk's
+    ``_dtm_first`` was set by then, which is nearly always (this callback runs after it)."""
+    if getattr(fut, "_dtm_logged", False) or fut.cancelled() or fut.exception() is not None:
+        return  # logged already, or the whole chunk failed (the scheduler logged that)
+    errs = fut.result()[1]
+    for i, e in errs or ():
+        log.warning("map(%s) item %d raised %s: %s", fn_name(fn), first + i, type(e).__name__, e)
+
+
+def check_buffersize(buffersize: Any) -> None:
+    """Python 3.14's checks of ``Executor.map``'s ``buffersize``, in its words."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
 def chunked_map(
     submit_chunk: Callable[[Callable[..., Any], list[Any], bool], Future[Any]],
     fn: Callable[..., Any],
@@ -74,20 +99,25 @@ def chunked_map(
     nworkers: int,
     granularity: float = 0.0,
     progress: Callable[[Any, int | None], Any] | None = None,
+    buffersize: int | None = None,
+    starred: bool = False,
 ) -> Iterator[Any]:
     """Start the map now (like the standard library) and return its ordered result iterator.
 
     ``progress(fn, total)``, when given, makes a bar (``update(n)``, ``close()``) that counts the
-    items whose results reached the consumer."""
+    items whose results reached the consumer. ``buffersize``: at most that many items read and
+    not yet yielded (Python 3.14's meaning, counted in items whatever the chunks). ``starred``:
+    the one iterable holds argument tuples (``starmap``)."""
     if chunksize is not None and chunksize < 1:
         raise ValueError("chunksize must be >= 1.")
+    check_buffersize(buffersize)
     end = None if timeout is None else time.monotonic() + timeout
-    star = len(iterables) != 1
-    source: Iterator[Any] = zip(*iterables) if star else iter(iterables[0])
+    star = starred or len(iterables) != 1
+    source: Iterator[Any] = zip(*iterables) if len(iterables) != 1 else iter(iterables[0])
     remaining = _known_length(iterables)
     sizer = ChunkSizer(fn, chunksize, nworkers, granularity)
     window: list[tuple[Future[Any], int]] = []
-    state = {"exhausted": False, "remaining": remaining}
+    state: dict[str, Any] = {"exhausted": False, "remaining": remaining, "ahead": 0, "read": 0}
 
     def fill() -> None:
         # Chunks "in flight" are those not finished; finished ones wait for the consumer, up to a
@@ -96,13 +126,24 @@ def chunked_map(
             if sum(1 for f, _ in window if not f.done()) >= sizer.window():
                 break
             size = sizer.next_size(state["remaining"])
+            if buffersize is not None:
+                size = min(size, buffersize - state["ahead"])
+                if size <= 0:
+                    break
             items = list(itertools.islice(source, size))
             if not items:
                 state["exhausted"] = True
                 break
             if state["remaining"] is not None:
                 state["remaining"] -= len(items)
-            window.append((submit_chunk(fn, items, star), len(items)))
+            state["ahead"] += len(items)
+            fut = submit_chunk(fn, items, star)
+            # where the chunk starts in the input: a failure names its item there (the callback
+            # logs it if the chunk settled before this line)
+            fut._dtm_first = state["read"]  # type: ignore[attr-defined]
+            fut.add_done_callback(functools.partial(_log_item_failures, fn, state["read"]))
+            state["read"] += len(items)
+            window.append((fut, len(items)))
             if len(items) < size:
                 state["exhausted"] = True
 
@@ -125,6 +166,7 @@ def chunked_map(
                 else:
                     values, errs = fut.result(end - time.monotonic())
                 window.pop(0)
+                first = getattr(fut, "_dtm_first", 0)
                 if bar is not None:
                     bar.update(errs[0][0] if errs else n)
                 sizer.observe(n, getattr(fut, "_dtm_dur", 0.0))
@@ -134,9 +176,15 @@ def chunked_map(
                 del values[stop:]
                 values.reverse()
                 while values:  # pop as we go: the consumer may drop what it was given
+                    if buffersize is not None:  # as Python 3.14: refill, then yield
+                        state["ahead"] -= 1
+                        fill()
                     yield values.pop()
                 if errs:
-                    raise errs[0][1]
+                    exc = errs[0][1]
+                    if hasattr(exc, "add_note"):  # Python 3.11+: the traceback names the item
+                        exc.add_note(f"(item {first + errs[0][0]} of the map's input)")
+                    raise exc
         finally:
             for fut, _ in window:
                 fut.cancel()

@@ -687,10 +687,11 @@ def _flush_stdio() -> None:
 
 # -- the launcher's MPI mode ---------------------------------------------------------------
 
-def launch(script: str, run_main: Any) -> int:
+def launch(script: Any, run_main: Any, import_main: Any = None) -> int:
     """``mpiexec -n N python -m dtm_executor script.py``: rank 0 runs the script as ``__main__``
     (``run_main(script)`` returns its exit status); the other ranks import it as ``__mp_main__``
-    (aliased as ``__main__``, like multiprocessing's spawn) and serve tasks."""
+    (aliased as ``__main__``, like multiprocessing's spawn; ``import_main()`` when given, for
+    ``-m module``) and serve tasks."""
     eng = _engine()
     if eng.rank == 0:
         _State.launcher = True
@@ -704,7 +705,10 @@ def launch(script: str, run_main: Any) -> int:
 
     _local._booting[0] = True
     try:
-        mpspawn.import_main_path(script)
+        if import_main is not None:
+            import_main()
+        else:
+            mpspawn.import_main_path(script)
     except BaseException:  # noqa: BLE001 - this rank cannot serve: stop the job loudly
         sys.stderr.write(f"dtm_executor: MPI rank {eng.rank} could not import {script}:\n")
         traceback.print_exc()

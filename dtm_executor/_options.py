@@ -2,12 +2,16 @@
 
 ``dtm.setOptions(taskGranularity=0.05)`` and ``DTMExecutor(task_granularity=0.05)`` mean the same
 thing; so do the legacy values (``communicationManager="deap.dtm.mpi4py"`` selects the MPI
-transport). An unknown option is a warning naming it (DTM ignored unknown options silently, which
-hid typos); a known option with a wrong value is a `ValueError`, raised where it was given.
+transport). An unknown name is a warning naming it when it comes through ``dtm.setOptions`` (DTM
+ignored unknown options silently, which hid typos) and a ``TypeError`` when given to
+`DTMExecutor` (a Python call); a known option with a wrong value is a `ValueError`, raised where
+it was given.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import threading
@@ -62,6 +66,27 @@ _BALANCERS = ("pdb", "deap.dtm.loadbalancerpdb", "loadbalancerpdb")
 
 #: `DTMExecutor` parameters that ``dtm.setOptions`` also accepts (passed through to it).
 EXECUTOR_PARAMS = ("max_workers", "max_threads", "max_retries", "initializer", "initargs")
+
+#: The keyword options of each transport's pool (``DTMExecutor(hostfile=...)``); see
+#: `dtm_executor._ssh.TcpPool` for their meaning.
+TRANSPORT_OPTIONS: dict[str, frozenset[str]] = {
+    "local": frozenset(),
+    "mpi": frozenset(),
+    "tcp": frozenset({
+        "hostfile", "hosts", "ssh_command", "remote_python", "remote_dir", "tls_cert", "tls_key",
+        "tls_ca", "connect_timeout", "start_timeout", "handshake_timeout", "listen_address",
+        "port", "max_frame_bytes",
+    }),
+}
+
+#: `DTMExecutor`'s own keyword parameters (for the "did you mean" of a mistyped one).
+EXECUTOR_KEYWORDS = (
+    "max_workers", "transport", "initializer", "initargs", "max_threads", "max_retries",
+    "print_summary", "progress", "trace_dir",
+)
+
+#: `DTMExecutor` arguments that cannot change once its workers run.
+FIXED_AT_START = (*EXECUTOR_PARAMS, "max_threads")
 
 #: The default trace directory, as in DTM.
 DEFAULT_TRACE_DIR = "DtmLog"
@@ -148,6 +173,55 @@ def warn_unknown(names: Any, where: str = "DTMExecutor()", stacklevel: int = 3) 
         )
 
 
+def unexpected_keyword(key: str, where: str = "DTMExecutor()") -> TypeError:
+    """What Python says of a keyword no parameter takes, with the closest known name."""
+    known = [*EXECUTOR_KEYWORDS, *_ALIASES, *set().union(*TRANSPORT_OPTIONS.values())]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"{where} got an unexpected keyword argument {key!r}{hint}")
+
+
+def known_keyword(key: str) -> bool:
+    """Whether `DTMExecutor` takes ``key`` (itself, as a DTM option, or for a transport)."""
+    return (key in EXECUTOR_KEYWORDS or key in _ALIASES
+            or any(key in names for names in TRANSPORT_OPTIONS.values()))
+
+
+def take_transport_options(options: dict[str, Any], kind: str, explicit: bool) -> dict[str, Any]:
+    """Pop every remaining keyword option of `DTMExecutor`: those of transport ``kind`` are
+    returned for its pool; an unknown name is a ``TypeError`` (a typo must not run with the
+    defaults); an option of another transport is a ``ValueError`` if the caller named the
+    transport (``explicit``), else unused: with ``transport="auto"`` a program may carry the
+    settings of the runs that end up on TCP. A transport registered elsewhere (not in
+    `TRANSPORT_OPTIONS`) gets everything; its pool pops what it knows."""
+    if kind not in TRANSPORT_OPTIONS:
+        out = dict(options)
+        options.clear()
+        return out
+    mine = TRANSPORT_OPTIONS[kind]
+    out = {}
+    unused = []
+    for key in list(options):
+        value = options.pop(key)
+        if key in mine:
+            out[key] = value
+            continue
+        owners = [k for k, names in TRANSPORT_OPTIONS.items() if key in names]
+        if not owners:
+            raise unexpected_keyword(key)
+        if explicit:
+            raise ValueError(
+                f"{key}= is an option of the {owners[0]!r} transport, and this executor uses "
+                f"transport={kind!r}"
+            )
+        unused.append(key)
+    if unused:
+        logging.getLogger("dtm_executor").debug(
+            "options %s are for another transport; this executor uses %r", unused, kind
+        )
+    return out
+
+
 def take_executor_options(options: dict[str, Any], kind: str) -> Options:
     """Pop the DTM options (either spelling) from `DTMExecutor`'s keyword options, checked (a bad
     value is a ``ValueError``, before any worker starts). What is left belongs to the pool factory;
@@ -172,6 +246,66 @@ def take_executor_options(options: dict[str, Any], kind: str) -> Options:
                 f"pass transport={want!r}"
             )
     return _finish(Options(**values))
+
+
+def changes_for_executor(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], kind: str, tracing: bool, stacklevel: int
+) -> dict[str, Any]:
+    """``DTMExecutor.setOptions``: check everything first (a ``ValueError`` changes nothing),
+    and return what to change: ``task_granularity``, ``print_summary``, ``progress``,
+    ``trace_dir`` (None: stop writing the trace). ``kind`` is the executor's transport,
+    ``tracing`` whether its workers record a trace (decided when they started)."""
+    for a in args:
+        warnings.warn(
+            f"setOptions(): positional argument {a!r} is ignored (options are keywords)",
+            DTMOptionWarning, stacklevel=stacklevel,
+        )
+    fixed = set(FIXED_AT_START).union(*TRANSPORT_OPTIONS.values())
+    values: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    unknown = []
+    for key, value in kwargs.items():
+        canon = canonical(key) or (key if key == "progress" else None)
+        if canon is None:
+            if key in fixed:
+                raise ValueError(
+                    f"setOptions(): {key} cannot change once the executor's workers run; "
+                    f"pass {key}= to DTMExecutor()"
+                )
+            unknown.append(key)
+            continue
+        if canon in values:
+            raise ValueError(f"option {given[canon]!r} given twice (as {key!r} too)")
+        values[canon] = _bool(key, value) if canon == "progress" else check(canon, value, key)
+        given[canon] = key
+    want = values.pop("transport", "auto")
+    if want not in (kind, "auto"):
+        key = given["transport"]
+        raise ValueError(
+            f"{key}={kwargs[key]!r} selects transport {want!r} but this executor uses {kind!r}: "
+            f"pass transport={want!r} to DTMExecutor()"
+        )
+    values.pop("load_balancer", None)  # checked: only DTM's default exists
+    trace_mode = values.pop("trace_mode", None)
+    trace_dir = values.pop("trace_dir", None)
+    if trace_mode and not tracing:
+        raise ValueError(
+            f"{given['trace_mode']}=True: this executor's workers started without tracing; "
+            "ask for it when creating the executor: DTMExecutor(trace_dir=...)"
+        )
+    if trace_mode is False:
+        if trace_dir is not None:
+            warnings.warn("traceDir has no effect without setTraceMode=True", DTMOptionWarning,
+                          stacklevel=stacklevel)
+        values["trace_dir"] = None
+    elif trace_dir is not None:
+        if tracing:
+            values["trace_dir"] = trace_dir
+        else:
+            warnings.warn("traceDir has no effect without setTraceMode=True", DTMOptionWarning,
+                          stacklevel=stacklevel)
+    warn_unknown(unknown, "setOptions()", stacklevel=stacklevel + 1)
+    return values
 
 
 def _finish(opts: Options) -> Options:

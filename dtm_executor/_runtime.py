@@ -98,9 +98,14 @@ class _Task:
         self.ran_on = -1  # rank that confirmed (START) it is running this attempt
         self.suspect = False  # it was on a worker that died: runs only after telling its owner
 
+    def fn_label(self) -> str:
+        """The function's name; read from its pickle when it is not (or cannot be) unpickled."""
+        if self.fn is not None:
+            return fn_name(self.fn)
+        return _serial.pickled_name(self.fnblob) or "?"
+
     def label(self) -> str:
-        name = fn_name(self.fn) if self.fn is not None else "?"
-        return f"task #{self.tid} ({name})"
+        return f"task #{self.tid} ({self.fn_label()})"
 
 
 def run_chunk(
@@ -548,8 +553,11 @@ class Node:
         fut._dtm_task = None  # break the future <-> task cycle: let refcounting free both
         if ok:
             if task.kind == CHUNK and value[1]:
-                for i, e in value[1]:
-                    log.warning("%s item %d raised %s: %s", task.label(), i, type(e).__name__, e)
+                first = getattr(fut, "_dtm_first", None)  # the chunk's place in the map's input
+                if first is not None:  # (not known yet: the map logs them, see _map)
+                    fut._dtm_logged = True  # type: ignore[attr-defined]
+                    for i, e in value[1]:
+                        log.warning("%s item %d raised %s: %s", task.label(), first + i, type(e).__name__, e)
             _settle(fut, True, value)
         else:
             log.warning("%s raised %s: %s", task.label(), type(value).__name__, value)
@@ -1016,7 +1024,7 @@ class Worker:
         key = task.fid if task.fid is not None else id(getattr(task.fn, "__code__", task.fn))
         st = self._fn_rows.get(key)
         if st is None:
-            st = self._fn_row(key, task.fn)
+            st = self._fn_row(key, task)
         st[1] += 1
         st[2] += dur
         st[3] += n
@@ -1030,10 +1038,10 @@ class Worker:
         task.bufs = ()
         self._deliver(task, ok, value, dur)
 
-    def _fn_row(self, key: Any, fn: Any) -> list[Any]:
+    def _fn_row(self, key: Any, task: _Task) -> list[Any]:
         """The statistics row of a task function: rows are per name (fresh closures share one),
         at most `_MAX_FN_NAMES` of them, so no table grows with the number of function objects."""
-        name = fn_name(fn) if fn is not None else "?"
+        name = task.fn_label()
         st = self.fn_stats.get(name)
         if st is None:
             if len(self.fn_stats) >= _MAX_FN_NAMES:
@@ -1055,7 +1063,7 @@ class Worker:
                 hint = (" A function of the main script that workers cannot find by reference; "
                         "define it at the script's module level.")
             raise SerializationError(
-                f"task #{task.tid} from rank {task.owner}: cannot unpickle its function on rank "
+                f"{task.label()} from rank {task.owner}: cannot unpickle its function on rank "
                 f"{self.rank}: {type(e).__name__}: {e}.{hint}"
             ) from e
         task.fn = fn

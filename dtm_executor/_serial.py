@@ -193,6 +193,55 @@ def fn_name(fn: Any) -> str:
     return f"{mod}.{name}" if mod and mod != "builtins" else str(name)
 
 
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
+                         "BINSTRING", "SHORT_BINSTRING"})
+
+
+def pickled_name(blob: bytes | None) -> str | None:
+    """The name of the function a pickle holds, read without unpickling it: for messages about
+    a function that could not be unpickled. By reference, the global it names; by value
+    (cloudpickle), the ``__module__`` and ``__qualname__`` it carries."""
+    if not blob:
+        return None
+    import pickletools
+
+    memo: dict[int, Any] = {}
+    strings: list[Any] = []  # what each push left on top (a str, or None for anything else)
+    found: dict[str, str] = {}
+    first_global = None
+    try:
+        for op, arg, _pos in pickletools.genops(blob):
+            name = op.name
+            top: Any = None
+            if name in _STRING_OPS:
+                top = arg
+            elif name == "MEMOIZE":
+                memo[len(memo)] = strings[-1] if strings else None
+                continue
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg or 0)] = strings[-1] if strings else None
+                continue
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                top = memo.get(int(arg or 0))
+            elif name == "STACK_GLOBAL" and first_global is None and len(strings) >= 2:
+                if isinstance(strings[-2], str) and isinstance(strings[-1], str):
+                    first_global = f"{strings[-2]}.{strings[-1]}"
+            elif name == "GLOBAL" and first_global is None and isinstance(arg, str):
+                first_global = arg.replace(" ", ".", 1)
+            if isinstance(top, str) and strings and strings[-1] in ("__qualname__", "__module__"):
+                found.setdefault(strings[-1], top)
+            strings.append(top)
+    except Exception:  # noqa: BLE001 - a truncated or odd pickle: whatever was found so far
+        pass
+    if "__qualname__" in found:
+        mod = found.get("__module__")
+        mod = "__main__" if mod == "__mp_main__" else mod
+        return f"{mod}.{found['__qualname__']}" if mod and mod != "builtins" else found["__qualname__"]
+    if first_global is not None and first_global.startswith("__mp_main__."):
+        first_global = "__main__." + first_global[len("__mp_main__."):]
+    return first_global
+
+
 def explain_args_failure(task_label: str, args: tuple, kwargs: dict, exc: BaseException) -> SerializationError:
     """Find which argument cannot be pickled, so the error names it."""
     for i, a in enumerate(args):

@@ -79,6 +79,17 @@ def _executor() -> DTMExecutor:
         ) from None
 
 
+def _root() -> DTMExecutor | None:
+    """Whose root task ``waitAll()`` & co. without a list mean outside tasks (inside a task,
+    the task's own requests are meant and this is not used); None when no executor runs."""
+    if executing_worker() is not None:
+        return None
+    try:
+        return _executor()
+    except RuntimeError:
+        return None
+
+
 # -- options and start ------------------------------------------------------------------------
 def setOptions(*args: Any, **kwargs: Any) -> None:
     """Set DTM global options before `start`: ``communicationManager``, ``loadBalancer``,
@@ -130,7 +141,11 @@ def _make_executor() -> DTMExecutor:
     print_summary = opts.pop("print_summary", False)
     opts.pop("load_balancer", None)  # only DTM's default exists; work stealing is ours
     granularity = opts.pop("task_granularity", None)
-    kwargs: dict[str, Any] = dict(opts)  # DTMExecutor arguments, and the transport's own options
+    # DTMExecutor arguments and the transports' own options; as in DTM, an unknown name has no
+    # effect (a warning here, where DTMExecutor() would raise TypeError)
+    unknown = [k for k in opts if not _options.known_keyword(k)]
+    _options.warn_unknown(unknown, "dtm.setOptions()", stacklevel=4)  # at dtm.start's caller
+    kwargs: dict[str, Any] = {k: v for k, v in opts.items() if k not in unknown}
     if trace_mode:
         kwargs["trace_dir"] = trace_dir or _options.DEFAULT_TRACE_DIR
     elif trace_dir is not None:
@@ -165,7 +180,6 @@ def start(initialTarget: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _running[0] = None
         raise
     _running[0] = ex
-    _control.reset_root_requests()
     try:
         result = initialTarget(*args, **kwargs)
     except BaseException as e:
@@ -175,8 +189,6 @@ def start(initialTarget: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         else:
             ex.shutdown(wait=True, cancel_futures=True)
         raise
-    finally:
-        _control.reset_root_requests()
     _running[0] = None
     # the root task is over: as in DTM, requests nobody waited for are abandoned (queued ones
     # are cancelled; running ones finish)
@@ -229,23 +241,23 @@ def repeat(function: Callable[..., Any], n: int, *args: Any, **kwargs: Any) -> l
 
 def waitAll(reqList: Sequence[Future[Any]] | None = None) -> None:
     """Wait for every request of ``reqList`` (default: the current task's pending ones)."""
-    _control.wait_all(reqList)
+    _control.wait_all(reqList, _root())
 
 
 def waitAny(reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
-    """Wait for one pending request, return the last finished one (None: nothing pending and
-    no ``reqList``)."""
-    return _control.wait_any(reqList)
+    """Wait for one pending request of ``reqList`` (default: the current task's), then return
+    the last finished one (None if none has finished)."""
+    return _control.wait_any(reqList, _root())
 
 
 def testAll(reqList: Sequence[Future[Any]] | None = None) -> bool:
     """Whether all requests of ``reqList`` (default: the current task's) are ready."""
-    return _control.test_all(reqList)
+    return _control.test_all(reqList, _root())
 
 
 def testAny(reqList: Sequence[Future[Any]] | None = None) -> Future[Any] | None:
     """The last finished request of ``reqList`` (default: the current task's), or None."""
-    return _control.test_any(reqList)
+    return _control.test_any(reqList, _root())
 
 
 def getWorkerId() -> int:

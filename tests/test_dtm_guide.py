@@ -22,6 +22,8 @@ pytestmark = pytest.mark.timeout(TIMEOUT + 30)
 
 
 def run(name: str, cwd: Path, *args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run a guide program in ``cwd``; it must leave no file behind there."""
+    before = set(os.listdir(cwd))
     env = dict(os.environ)
     env.pop("PYTHONWARNINGS", None)
     cmd = [*(launcher or []), sys.executable, str(GUIDE / name), *args]
@@ -33,6 +35,8 @@ def run(name: str, cwd: Path, *args: str, launcher: list[str] | None = None) -> 
         os.killpg(proc.pid, 9)  # the script and every worker it started
         out, err = proc.communicate()
         pytest.fail(f"{name} did not finish in {TIMEOUT} s\nstdout:\n{out}\nstderr:\n{err}")
+    left = set(os.listdir(cwd)) - before
+    assert not left, f"{name} left files in its working directory: {sorted(left)}"
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -57,7 +61,7 @@ def test_the_examples_only_change_the_import_line():
 
 def test_intro(tmp_path):
     proc = ok("intro.py", tmp_path)
-    assert proc.stdout == "" and proc.stderr == ""
+    assert proc.stdout == "999 results, from 2.000 to 999.001\n" and proc.stderr == ""
 
 
 def test_isolation_per_worker(tmp_path):
@@ -73,19 +77,28 @@ def test_isolation_per_worker(tmp_path):
 
 
 def test_global_logfile(tmp_path):
-    ok("logfile.py", tmp_path)
-    assert (tmp_path / "myLogFile").exists()
+    proc = ok("logfile.py", tmp_path)  # (and myLogFile is gone: run() checks)
+    assert proc.stdout == "200 tasks wrote to their worker's myLogFile\n" and proc.stderr == ""
 
 
 def test_nested_function_now_works(tmp_path):
     proc = ok("nested_function.py", tmp_path)
-    assert proc.stderr == ""
+    assert proc.stdout == f"Results : {[n ** 2 for n in range(30)]}\n" and proc.stderr == ""
 
 
 @pytest.mark.parametrize("name", ["active_waiting.py", "waiting.py"])
 def test_asynchronous_waiting(tmp_path, name):
     proc = ok(name, tmp_path)
-    assert proc.stderr == ""
+    assert proc.stdout == "100 results, the last: 101\n" and proc.stderr == ""
+
+
+def test_every_guide_program_prints_its_outcome(tmp_path):
+    """A program that succeeds says so: none is silent."""
+    for path in sorted(GUIDE.glob("*.py")):
+        if path.name == "tcp_localhost.py":
+            continue  # needs its hostfile argument: test_tcp_backend_with_localhost_hostfile
+        proc = run(path.name, tmp_path)
+        assert proc.stdout.strip(), f"{path.name} printed nothing"
 
 
 def test_exceptions(tmp_path):

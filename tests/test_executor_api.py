@@ -282,10 +282,11 @@ def test_other_invalid_arguments(proctools):
     assert proctools.wait_until(lambda: not set(proctools.live_children()) - before, 10)
 
 
-def test_unknown_option_warns_with_its_name(make_executor):
-    with pytest.warns(UserWarning, match="no_such_option"):
-        ex = make_executor(1, no_such_option=True)
-    assert ex.submit(pow, 2, 3).result(timeout=30) == 8
+def test_unknown_option_is_a_TypeError_with_its_name(proctools):
+    before = set(proctools.live_children())
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
+        DTMExecutor(1, no_such_option=True)  # a typo must not run with the defaults
+    assert not set(proctools.live_children()) - before
 
 
 def test_default_max_workers(make_executor):

@@ -1,6 +1,7 @@
 # DTM guide, 6.5.6 "Asynchronous tasks and active waiting" (first program: a busy loop on
-# ready()), with one change: the import line (was: from deap import dtm). The root task does not
-# occupy a worker here, so the loop only wastes the root's time; it cannot half-deadlock.
+# ready()), with the import line changed (was: from deap import dtm) and the results printed. The
+# root task does not occupy a worker here, so the loop only wastes the root's time; it cannot
+# half-deadlock.
 from dtm_executor import dtm
 def myTask(param):
     # [...] Long treatment
@@ -14,5 +15,6 @@ def main():
         continue
 
     # Other instructions...
+    print("%d results, the last: %d" % (len(asyncReturn.get()), asyncReturn.get()[-1]))
 
 dtm.start(main)

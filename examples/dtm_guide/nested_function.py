@@ -1,5 +1,6 @@
 # DTM guide, 6.5.5 "Pickling": the program the guide calls faulty ("TypeError: can't pickle
-# function objects"), with one change: the import line (was: from deap import dtm). It now runs:
+# function objects"), with the import line changed (was: from deap import dtm) and its results
+# printed. It now runs:
 # functions that cannot be pickled by reference, like `bar` defined inside `main`, travel by
 # value (cloudpickle).
 from dtm_executor import dtm
@@ -9,5 +10,6 @@ def main():
 
     listNbr = range(30)
     results = dtm.map(bar, listNbr)
+    print("Results : " + str(results))
 
 dtm.start(main)
