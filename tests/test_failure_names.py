@@ -113,13 +113,17 @@ def test_a_function_missing_on_the_worker_is_named(make_executor, tmp_path, monk
 
 def test_the_run_summary_names_a_function_that_could_not_be_unpickled(run_script):
     run = run_script(textwrap.dedent('''
+        import os, sys, tempfile
         from dtm_executor import DTMExecutor
 
         if __name__ == "__main__":
-            def guarded(x):  # not at module level: workers do not have it
-                return x
-
             with DTMExecutor(1, print_summary=True) as ex:
+                # a module only this process can import (the worker's sys.path is fixed now)
+                d = tempfile.mkdtemp()
+                with open(os.path.join(d, "only_here.py"), "w") as f:
+                    f.write("def guarded(x):\\n    return x\\n")
+                sys.path.insert(0, d)
+                from only_here import guarded
                 try:
                     ex.submit(guarded, 1).result(timeout=60)
                 except Exception as e:
@@ -128,7 +132,7 @@ def test_the_run_summary_names_a_function_that_could_not_be_unpickled(run_script
     '''))
     assert run.wait(90) == 0, run.stderr
     out = run.stdout
-    assert "ERROR task #1 (__main__.guarded) from rank 0: cannot unpickle its function" in out
-    assert "task #1 (__main__.guarded) raised on rank 1" in out
+    assert "ERROR task #1 (only_here.guarded) from rank 0: cannot unpickle its function" in out
+    assert "task #1 (only_here.guarded) raised on rank 1" in out
     summary = out[out.index("dtm_executor run summary"):]
-    assert "__main__.guarded" in summary and "\n?  " not in summary
+    assert "only_here.guarded" in summary and "\n?  " not in summary

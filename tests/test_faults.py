@@ -144,16 +144,14 @@ def test_losing_the_only_worker_replaces_it_and_reruns_the_task() -> None:
         assert value == 8 and pid != first
 
 
-def test_all_workers_lost_breaks_the_pool_instead_of_hanging(tmp_path) -> None:
+def test_all_workers_lost_breaks_the_pool_instead_of_hanging() -> None:
     """With no replacement possible (it fails to start), losing the last worker breaks the
     executor: every future fails, nothing hangs."""
     from dtm_executor import BrokenDTMExecutor
 
-    marker = tmp_path / "no-more-workers"
-    ex = DTMExecutor(1, initializer=_fail_if_exists, initargs=(str(marker),))
+    ex = DTMExecutor(1, initializer=_fail_above_rank, initargs=(1,))
     try:
         assert ex.submit(abs, -1).result(timeout=60) == 1
-        marker.touch()
         fut = ex.submit(time.sleep, 30)
         time.sleep(0.3)
         _kill_worker(ex, 1)
@@ -166,9 +164,10 @@ def test_all_workers_lost_breaks_the_pool_instead_of_hanging(tmp_path) -> None:
         ex.shutdown(wait=False)
 
 
-def _fail_if_exists(path: str) -> None:
-    if os.path.exists(path):
-        raise RuntimeError("refusing to start: " + path)
+def _fail_above_rank(last: int) -> None:
+    """An initializer that fails in replacements only (their ranks follow the first ones)."""
+    if int(os.environ["DTM_EXECUTOR_RANK"]) > last:
+        raise RuntimeError("refusing to start: a replacement")
 
 
 def _touch(path: str) -> None:

@@ -197,6 +197,8 @@ def test_dead_workers_are_replaced_with_the_initializer(transport) -> None:
         assert len(pids) == 4
         for rank in list(pids)[:2]:
             os.kill(pids[rank], signal.SIGKILL)
+        killed = {pids[r] for r in list(pids)[:2]}
+        assert _wait_until(lambda: not killed & set(_worker_pids(ex).values()), 60)
         assert _wait_until(lambda: len(_worker_pids(ex)) == 4 and len(ex._node.workers) == 4, 60)
         now = _worker_pids(ex)
         assert len(set(now.values()) - set(pids.values())) == 2
@@ -209,11 +211,9 @@ def test_dead_workers_are_replaced_with_the_initializer(transport) -> None:
         assert set(seen.values()) == {"init"}
 
 
-def test_a_replacement_that_cannot_start_is_reported_not_retried(tmp_path, caplog) -> None:
-    marker = tmp_path / "stop"
-    with DTMExecutor(3, initializer=_fail_if_exists, initargs=(str(marker),)) as ex:
+def test_a_replacement_that_cannot_start_is_reported_not_retried(caplog) -> None:
+    with DTMExecutor(3, initializer=_fail_above_rank, initargs=(3,)) as ex:
         assert ex.submit(abs, -3).result(timeout=60) == 3
-        marker.touch()
         pids = _worker_pids(ex)
         os.kill(pids[1], signal.SIGKILL)
         assert _wait_until(lambda: any("could not start" in r.getMessage() for r in caplog.records), 60)
@@ -225,6 +225,7 @@ def test_a_replacement_that_cannot_start_is_reported_not_retried(tmp_path, caplo
     assert len(starts) == 1 and "refusing to start" in starts[0].getMessage()
 
 
-def _fail_if_exists(path: str) -> None:
-    if os.path.exists(path):
-        raise RuntimeError("refusing to start: " + path)
+def _fail_above_rank(last: int) -> None:
+    """An initializer that fails in replacements only (their ranks follow the first ones)."""
+    if int(os.environ["DTM_EXECUTOR_RANK"]) > last:
+        raise RuntimeError("refusing to start: a replacement")
