@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _map, _options
 from ._futures import DTMFuture, executing_worker, tls
+from ._runtime import cancel_future
 
 _SEQ = itertools.count(1)
 
@@ -70,7 +71,7 @@ class AsyncResult(DTMFuture):
     def cancel(self) -> bool:
         if self._dtm_sources:
             for src in self._dtm_sources:
-                src.cancel()  # settles this one through _copy_from if it worked
+                cancel_future(src)  # settles this one through _copy_from if it worked
             return self.cancelled()
         return super().cancel()
 
@@ -370,9 +371,9 @@ class ControlMixin(_Base):
                         inflight.discard(fut)
                         fill()
                         yield fut.result()
-            finally:
+            finally:  # given up: queued calls are not run
                 for fut in inflight:
-                    fut.cancel()
+                    cancel_future(fut)
 
         return results()
 

@@ -14,6 +14,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Iterator
 
+from ._runtime import cancel_future
+
 TARGET_CHUNK_SECONDS = 0.01
 #: the smallest chunk worth a round trip when the tail of a map is split for balance (seconds)
 FLOOR_CHUNK_SECONDS = 0.001
@@ -137,9 +139,9 @@ def chunked_map(
                     yield values.pop()
                 if errs:
                     raise errs[0][1]
-        finally:
+        finally:  # given up (closed, collected, or an error): queued chunks are not run
             for fut, _ in window:
-                fut.cancel()
+                cancel_future(fut)
             if bar is not None:
                 bar.close()
 

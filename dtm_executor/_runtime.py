@@ -478,7 +478,53 @@ def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
         else:
             fut.set_exception(value)
     except Exception:  # noqa: BLE001 - already settled or cancelled
-        pass
+        _notify_cancelled(fut)  # a task dropped while its future was cancelled: tell its waiters
+
+
+def _notify_cancelled(fut: Future[Any]) -> None:
+    """Tell ``wait()``/``as_completed()`` about a cancelled future that will never run.
+
+    ``Future.cancel()`` wakes ``result()`` and runs callbacks, but ``wait``/``as_completed`` count
+    only ``CANCELLED_AND_NOTIFIED``, which ``set_running_or_notify_cancel()`` sets (once)."""
+    if fut._state == "CANCELLED":  # type: ignore[attr-defined]
+        try:
+            fut.set_running_or_notify_cancel()
+        except RuntimeError:  # notified meanwhile by another thread
+            pass
+
+
+def _start(fut: Future[Any] | None) -> bool:
+    """A queued task is about to run or leave: mark its future running. False if it was
+    cancelled (its waiters are told now, if nobody told them yet): then drop the task."""
+    if fut is None:
+        return True
+    st = fut._state  # type: ignore[attr-defined]
+    if st == "CANCELLED_AND_NOTIFIED":
+        return False
+    if st in ("PENDING", "CANCELLED"):
+        try:
+            return fut.set_running_or_notify_cancel()
+        except RuntimeError:  # cancelled and notified meanwhile
+            return False
+    return True  # RUNNING already: a task run again after its worker died
+
+
+def cancel_future(fut: Future[Any]) -> bool:
+    """Cancel a future on the library's own initiative (shutdown, a map given up by its consumer):
+    unlike a bare ``Future.cancel()``, everyone waiting on it (``wait``, ``as_completed``) learns
+    at once, and a nested child still queued on this worker leaves the queue. False if it has
+    started (or finished) already."""
+    task = getattr(fut, "_dtm_task", None)
+    home = task.home if task is not None else None
+    if home is not None and not home.withdraw(task):
+        # a local child some thread has claimed, to run or to send: that thread tells the waiters
+        return fut.cancel()
+    if not fut.cancel():  # at the hub, a cancelled task is dropped when its turn comes
+        return False
+    _notify_cancelled(fut)
+    if home is not None:
+        home.wake()  # a waiter of this worker may be asleep on it
+    return True
 
 
 class _ThreadRec:
@@ -772,6 +818,18 @@ class Worker:
             self._maybe_spawn_locked()
             self.cv.notify_all()
 
+    def withdraw(self, task: _Task) -> bool:
+        """Take a local child that nobody has started out of the queues (to cancel it)."""
+        with self.cv:
+            fut = task.future
+            if (task.state != QUEUED or task.home is not self or fut is None
+                    or fut._state not in ("PENDING", "CANCELLED")):  # type: ignore[attr-defined]
+                return False
+            task.state = CLAIMED  # a tombstone in ``ready``, as left by _claim
+            self.nqueued -= 1
+            self.ntomb += 1
+            return True
+
     # -- running -------------------------------------------------------------------------
     def _claim(self, futs: Iterable[Future[Any]]) -> _Task | None:
         """Claim the most recently queued local task among those computing ``futs``."""
@@ -799,10 +857,8 @@ class Worker:
         return best
 
     def _execute(self, task: _Task) -> None:
-        fut = task.future
-        if fut is not None and fut._state in ("PENDING", "CANCELLED"):  # a local child
-            if not fut.set_running_or_notify_cancel():  # cancelled: tell its waiters, skip it
-                return
+        if not _start(task.future):  # a local child, cancelled: its waiters are told; skip it
+            return
         stack = tls.tasks
         stack.append(task)
         tracing = self.node.trace is not None
@@ -1083,15 +1139,21 @@ class Hub:
                 self.all_done.notify_all()
 
     def cancel_pending(self) -> None:
+        """Cancel every queued top-level task (and tell its waiters); keep the retried ones,
+        whose futures are running already."""
         with self.lock:
             tasks = list(self.pending)
             self.pending.clear()
+        keep = []
         for t in tasks:
             if t.future is not None and t.future.cancel():
+                _notify_cancelled(t.future)
                 self.settled(t)
             else:
-                with self.lock:
-                    self.pending.append(t)
+                keep.append(t)
+        if keep:
+            with self.lock:
+                self.pending.extendleft(reversed(keep))
 
     def fail_pending(self, exc: BaseException) -> None:
         with self.lock:
@@ -1171,9 +1233,7 @@ class Hub:
                     while self.pending and len(batch) < n:
                         batch.append(self.pending.popleft())
                 for t in batch:
-                    fut = t.future
-                    if (fut is not None and fut._state in ("PENDING", "CANCELLED")
-                            and not fut.set_running_or_notify_cancel()):
+                    if not _start(t.future):  # cancelled
                         self.settled(t)
                         continue
                     sent.append(t)
