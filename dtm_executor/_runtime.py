@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 from . import _serial
 from ._futures import DTMFuture, tls
+from ._log import Every, brief_exc, brief_repr
 from ._serial import SerializationError, describe, dumps, fn_name, loads
 from ._transport import Transport
 
@@ -44,6 +45,9 @@ QUEUED, CLAIMED, GONE = 0, 1, 2
 CALL, CHUNK = 0, 1
 
 _perf = time.perf_counter
+
+#: one line per interval for messages the transport refuses (each of their futures gets the error)
+_undeliverable_log = Every(10.0)
 
 
 class BrokenDTMExecutor(BrokenExecutor):
@@ -203,7 +207,7 @@ class Node:
                         self.trace.append(("msg", time.time(), dest, nbytes))
                 except OSError as e:  # a lost peer: recv reports it, and its tasks are retried
                     if not self.closed:
-                        log.debug("send to rank %d failed: %s", dest, e)
+                        log.debug("send to rank %d failed: %s", dest, brief_exc(e))
                 except Exception as e:  # noqa: BLE001 - this message cannot be sent at all
                     if not self.closed:
                         self._undeliverable(dest, frames, e)
@@ -211,7 +215,7 @@ class Node:
     def _undeliverable(self, dest: int, frames: list[Any], exc: Exception) -> None:
         """A message the transport refused (e.g. over its frame-size limit): fail its tasks
         rather than leave their futures waiting forever."""
-        log.error("a message to rank %d could not be sent: %s", dest, exc)
+        _undeliverable_log(logging.ERROR, "a message to rank %d could not be sent: %s", dest, brief_exc(exc))
         try:
             msg = pickle.loads(frames[0])
         except Exception:  # noqa: BLE001
@@ -314,7 +318,7 @@ class Node:
         elif kind == INITFAIL:
             self._fail_all(BrokenDTMExecutor(f"worker rank {src} could not start:\n{msg[1]}"))
         else:  # pragma: no cover
-            log.error("unknown message kind %r from rank %d", kind, src)
+            log.error("unknown message kind %s from rank %d", brief_repr(kind), src)
 
     def stats_report(self) -> dict[str, Any]:
         w = self.worker
@@ -409,19 +413,23 @@ class Node:
             self.worker.wake()
 
     def finish(self, task: _Task, ok: bool, value: Any, dur: float) -> None:
-        """Settle the future of a task owned by this rank (log a failure once, here)."""
+        """Settle the future of a task owned by this rank.
+
+        A task's exception goes to whoever holds its future (as with the standard library, which
+        logs nothing then): here it is only a DEBUG line, one per task, message cut short."""
         fut = task.future
         if fut is None:
             return
         fut._dtm_dur = dur
         fut._dtm_task = None  # break the future <-> task cycle: let refcounting free both
         if ok:
-            if task.kind == CHUNK and value[1]:
-                for i, e in value[1]:
-                    log.warning("%s item %d raised %s: %s", task.label(), i, type(e).__name__, e)
+            if task.kind == CHUNK and value[1] and log.isEnabledFor(logging.DEBUG):
+                i, e = value[1][0]
+                log.debug("%s: %d item(s) raised, the first (item %d) %s",
+                          task.label(), len(value[1]), i, brief_exc(e))
             _settle(fut, True, value)
         else:
-            log.warning("%s raised %s: %s", task.label(), type(value).__name__, value)
+            log.debug("%s raised %s", task.label(), brief_exc(value))
             _settle(fut, False, value)
 
     def _fail_all(self, exc: BaseException) -> None:
