@@ -531,7 +531,7 @@ def cancel_future(fut: Future[Any]) -> bool:
         return False
     _notify_cancelled(fut)
     if home is not None:
-        home.wake()  # a waiter of this worker may be asleep on it
+        home.nudge()  # a waiter of this worker may be asleep on it
     return True
 
 
@@ -827,8 +827,13 @@ class Worker:
             self.cv.notify_all()
 
     def withdraw(self, task: _Task) -> bool:
-        """Take a local child that nobody has started out of the queues (to cancel it)."""
-        with self.cv:
+        """Take a local child that nobody has started out of the queues (to cancel it).
+
+        The lock wait is bounded: a map iterator may be closed by the garbage collector on a
+        thread that holds it already. Then False, and the task is cancelled the standard way."""
+        if not self.cv.acquire(timeout=0.2):
+            return False
+        try:
             fut = task.future
             if (task.state != QUEUED or task.home is not self or fut is None
                     or fut._state not in ("PENDING", "CANCELLED")):  # type: ignore[attr-defined]
@@ -837,6 +842,16 @@ class Worker:
             self.nqueued -= 1
             self.ntomb += 1
             return True
+        finally:
+            self.cv.release()
+
+    def nudge(self) -> None:
+        """`wake`, with a bounded lock wait (see `withdraw`)."""
+        if self.sleepers and self.cv.acquire(timeout=0.2):
+            try:
+                self.cv.notify_all()
+            finally:
+                self.cv.release()
 
     # -- running -------------------------------------------------------------------------
     def _claim(self, futs: Iterable[Future[Any]]) -> _Task | None:
