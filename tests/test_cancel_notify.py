@@ -76,16 +76,33 @@ def gate(tmp_path: Path) -> Iterator[Any]:
         p.touch()
 
 
-def _busy_worker(ex: DTMExecutor, gate: str) -> tuple[futures.Future[Any], futures.Future[Any]]:
-    """Occupy the only worker of ``ex``: a task blocked on ``gate`` runs there and a second one
-    waits in its inbox (the prefetch), so whatever is submitted next stays queued at the hub."""
+def _busy_worker(ex: DTMExecutor, gate: str) -> tuple[futures.Future[Any], list[futures.Future[Any]]]:
+    """Occupy the only worker of ``ex``: a task blocked on ``gate`` runs there and its inbox holds
+    as many more as it prefetches (whatever the scheduler's policy), so that what is submitted
+    next stays queued at the hub until the gate opens. Returns the blocker and those prefetched."""
     blocker = ex.submit(wait_file, gate)
-    filler = ex.submit(mul, 6, 7)
-    end = time.monotonic() + WAIT
-    while not (blocker.running() and filler.running()):
-        assert time.monotonic() < end, "the tasks were never dispatched"
+    _until(blocker.running, WAIT, "the blocker was never dispatched")
+    fillers: list[futures.Future[Any]] = []
+    while True:
+        f = ex.submit(mul, 6, 7)
+        if not _until(f.running, 1.0):
+            # the worker asks for no more; withdraw this one so the caller's tasks are the queue
+            if f.cancel():
+                return blocker, fillers
+            fillers.append(f)  # dispatched just now after all
+        else:
+            fillers.append(f)
+        assert len(fillers) < 5000, "the worker never stopped prefetching"
+
+
+def _until(pred: Any, timeout: float, fail: str | None = None) -> bool:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            assert fail is None, fail
+            return False
         time.sleep(0.01)
-    return blocker, filler
+    return True
 
 
 def _assert_done_for_everyone(fs: list[futures.Future[Any]]) -> None:
@@ -109,14 +126,15 @@ def _assert_done_for_everyone(fs: list[futures.Future[Any]]) -> None:
 def test_shutdown_no_wait_cancel_futures_then_wait(make_executor, gate):
     ex = make_executor(1)
     g = gate()
-    blocker, filler = _busy_worker(ex, g)
+    blocker, fillers = _busy_worker(ex, g)
     queued = [ex.submit(mul, i, 2) for i in range(8)]
     ex.shutdown(wait=False, cancel_futures=True)
     assert all(f.cancelled() for f in queued)
     _assert_done_for_everyone(queued)
     Path(g).touch()
-    assert blocker.result(timeout=WAIT) is True and filler.result(timeout=WAIT) == 42
-    done, not_done = futures.wait([blocker, filler, *queued], timeout=WAIT)
+    assert blocker.result(timeout=WAIT) is True
+    assert [f.result(timeout=WAIT) for f in fillers] == [42] * len(fillers)
+    done, not_done = futures.wait([blocker, *fillers, *queued], timeout=WAIT)
     assert not not_done
 
 
@@ -124,7 +142,7 @@ def test_shutdown_no_wait_cancel_futures_then_wait(make_executor, gate):
 def test_waiters_installed_before_the_cancel_are_woken(make_executor, gate):
     ex = make_executor(1)
     g = gate()
-    blocker, filler = _busy_worker(ex, g)
+    blocker, _ = _busy_worker(ex, g)
     queued = [ex.submit(mul, i, 2) for i in range(8)]
     got: dict[str, Any] = {}
     calls: list[futures.Future[Any]] = []
@@ -185,11 +203,11 @@ def test_ctrl_c_in_with_block_cancels_and_notifies(gate):
     g = gate()
     with pytest.raises(KeyboardInterrupt):
         with DTMExecutor(1) as ex:
-            blocker, filler = _busy_worker(ex, g)
+            blocker, fillers = _busy_worker(ex, g)
             queued = [ex.submit(mul, i, 2) for i in range(8)]
             raise KeyboardInterrupt
     _assert_done_for_everyone(queued)
-    done, not_done = futures.wait([blocker, filler], timeout=WAIT)
+    done, not_done = futures.wait([blocker, *fillers], timeout=WAIT)
     assert not not_done  # they failed (the executor was stopped): done too
 
 
