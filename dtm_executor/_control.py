@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _map, _options
 from ._futures import SEQ, DTMFuture, executing_worker, tls
+from ._runtime import cancel_future
 
 
 class AsyncResult(DTMFuture):
@@ -59,7 +60,7 @@ class AsyncResult(DTMFuture):
     def cancel(self) -> bool:
         if self._dtm_sources:
             for src in self._dtm_sources:
-                src.cancel()  # settles this one through _copy_from if it worked
+                cancel_future(src)  # settles this one through _copy_from if it worked
             return self.cancelled()
         return super().cancel()
 
@@ -441,9 +442,9 @@ class ControlMixin(_Base):
                         if bar is not None:
                             bar.update(1)
                         yield value
-            finally:
+            finally:  # given up: queued calls are not run
                 for fut in inflight:
-                    fut.cancel()
+                    cancel_future(fut)
                 if bar is not None:
                     bar.close()
 

@@ -396,10 +396,24 @@ def _drain_in_background(node: Node, pool: Any) -> None:
     threading.Thread(target=run, name="dtm-drain", daemon=True).start()
 
 
+#: one lock per node: teardowns of the same pool (``shutdown(wait=False)`` then ``shutdown()``,
+#: a drain at exit) run one after the other, so nothing is closed twice (a file descriptor closed
+#: twice may by then belong to someone else), and the later caller returns once all is stopped
+_teardown_locks: "weakref.WeakKeyDictionary[Node, threading.Lock]" = weakref.WeakKeyDictionary()
+_teardown_locks_guard = threading.Lock()
+
+
 def _teardown(node: Node, pool: Any, grace: float = 5.0, report_timeout: float = 0.0) -> dict[int, Any] | None:
     """Stop the workers; with ``report_timeout``, first collect their stats/trace reports."""
-    if node.closed:
-        return None
+    with _teardown_locks_guard:
+        lock = _teardown_locks.setdefault(node, threading.Lock())
+    with lock:
+        if node.closed:
+            return None
+        return _teardown_locked(node, pool, grace, report_timeout)
+
+
+def _teardown_locked(node: Node, pool: Any, grace: float, report_timeout: float) -> dict[int, Any]:
     _active.pop(id(node), None)
     remote = [w for w in node.workers if w != node.rank]
     node.stopping = True  # workers closing their connections now is not a failure

@@ -16,6 +16,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Iterator
 
+from ._log import brief_exc
+from ._runtime import cancel_future
 from ._serial import fn_name
 
 log = logging.getLogger("dtm_executor")
@@ -72,14 +74,16 @@ def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 
 
 def _log_item_failures(fn: Any, first: int, fut: Future[Any]) -> None:
-    """Log each failed item of a settled chunk by its index in the map's input (DTM warned of
-    every failure), unless the scheduler did as it settled the chunk: it does when the chunk's
-    ``_dtm_first`` was set by then, which is nearly always (this callback runs after it)."""
+    """Log (DEBUG) the first failed item of a settled chunk by its index in the map's input,
+    unless the scheduler did as it settled the chunk: it does when the chunk's ``_dtm_first``
+    was set by then, which is nearly always (this callback runs after it)."""
     if getattr(fut, "_dtm_logged", False) or fut.cancelled() or fut.exception() is not None:
         return  # logged already, or the whole chunk failed (the scheduler logged that)
     errs = fut.result()[1]
-    for i, e in errs or ():
-        log.warning("map(%s) item %d raised %s: %s", fn_name(fn), first + i, type(e).__name__, e)
+    if errs and log.isEnabledFor(logging.DEBUG):  # the caller gets the exception: DEBUG only
+        i, e = errs[0]
+        log.debug("map(%s) item %d raised %s (%d item(s) of its chunk failed)",
+                  fn_name(fn), first + i, brief_exc(e), len(errs))
 
 
 def check_buffersize(buffersize: Any) -> None:
@@ -185,9 +189,9 @@ def chunked_map(
                     if hasattr(exc, "add_note"):  # Python 3.11+: the traceback names the item
                         exc.add_note(f"(item {first + errs[0][0]} of the map's input)")
                     raise exc
-        finally:
+        finally:  # given up (closed, collected, or an error): queued chunks are not run
             for fut, _ in window:
-                fut.cancel()
+                cancel_future(fut)
             if bar is not None:
                 bar.close()
 

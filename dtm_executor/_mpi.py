@@ -37,6 +37,7 @@ import traceback
 from typing import Any, NoReturn, Sequence
 
 from . import _local, _runtime, _serial
+from ._log import brief_repr
 from ._transport import Buffer, Received, TransportClosed
 
 log = logging.getLogger("dtm_executor")
@@ -60,7 +61,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError:
-        log.warning("ignoring %s=%r (not a number)", name, os.environ.get(name))
+        log.warning("ignoring %s=%s (not a number)", name, brief_repr(os.environ.get(name)))
         return default
 
 

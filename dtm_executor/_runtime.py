@@ -14,6 +14,7 @@ See docs/design.md for the whole picture; the rules that matter for correctness:
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import math
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from . import _serial
 from ._futures import DTMFuture, tls
+from ._log import Every, brief_exc, brief_repr
 from ._serial import SerializationError, describe, dumps, fn_name, loads
 from ._transport import Transport
 
@@ -54,6 +56,9 @@ QUEUED, CLAIMED, GONE = 0, 1, 2
 CALL, CHUNK = 0, 1
 
 _perf = time.perf_counter
+
+#: one line per interval for messages the transport refuses (each of their futures gets the error)
+_undeliverable_log = Every(10.0)
 
 
 class BrokenDTMExecutor(BrokenExecutor):
@@ -235,7 +240,7 @@ class Node:
                         self.trace.append(("msg", time.time(), dest, nbytes))
                 except OSError as e:  # a lost peer: recv reports it, and its tasks are retried
                     if not self.closed:
-                        log.debug("send to rank %d failed: %s", dest, e)
+                        log.debug("send to rank %d failed: %s", dest, brief_exc(e))
                 except Exception as e:  # noqa: BLE001 - this message cannot be sent at all
                     if not self.closed:
                         self._undeliverable(dest, frames, e)
@@ -243,7 +248,7 @@ class Node:
     def _undeliverable(self, dest: int, frames: list[Any], exc: Exception) -> None:
         """A message the transport refused (e.g. over its frame-size limit): fail its tasks
         rather than leave their futures waiting forever."""
-        log.error("a message to rank %d could not be sent: %s", dest, exc)
+        _undeliverable_log(logging.ERROR, "a message to rank %d could not be sent: %s", dest, brief_exc(exc))
         try:
             msg = pickle.loads(frames[0])
         except Exception:  # noqa: BLE001
@@ -264,6 +269,11 @@ class Node:
                     self.send(owner, (RESULTS, [(tid, 0, data, 0, 0.0)]))
             if self.worker is not None:
                 self.worker.wake()
+            # the destination never got this work: it must not look served (or stealing)
+            if msg[2] and self.hub is not None:
+                self.call_soon(functools.partial(self.hub.undelivered, dest))
+            elif not msg[2]:
+                self.send(0, (NOWORK, dest))
         elif msg[0] == RESULTS:
             data, _ = _serial.pack_exception(err, "")
             self.send(dest, (RESULTS, [(e[0], 0, data, 0, 0.0) for e in msg[1]]))
@@ -363,7 +373,7 @@ class Node:
         elif kind == INITFAIL:
             self.on_initfail(src, msg[1])
         else:  # pragma: no cover
-            log.error("unknown message kind %r from rank %d", kind, src)
+            log.error("unknown message kind %s from rank %d", brief_repr(kind), src)
 
     def stats_report(self) -> dict[str, Any]:
         w = self.worker
@@ -545,7 +555,10 @@ class Node:
             self.worker.wake()
 
     def finish(self, task: _Task, ok: bool, value: Any, dur: float) -> None:
-        """Settle the future of a task owned by this rank (log a failure once, here)."""
+        """Settle the future of a task owned by this rank.
+
+        A task's exception goes to whoever holds its future (as with the standard library, which
+        logs nothing then): here it is only a DEBUG line, one per task, message cut short."""
         fut = task.future
         if fut is None:
             return
@@ -554,13 +567,15 @@ class Node:
         if ok:
             if task.kind == CHUNK and value[1]:
                 first = getattr(fut, "_dtm_first", None)  # the chunk's place in the map's input
-                if first is not None:  # (not known yet: the map logs them, see _map)
+                if first is not None:  # (not known yet: the map logs it, see _map)
                     fut._dtm_logged = True  # type: ignore[attr-defined]
-                    for i, e in value[1]:
-                        log.warning("%s item %d raised %s: %s", task.label(), first + i, type(e).__name__, e)
+                    if log.isEnabledFor(logging.DEBUG):
+                        i, e = value[1][0]
+                        log.debug("%s item %d raised %s (%d item(s) of this chunk failed)",
+                                  task.label(), first + i, brief_exc(e), len(value[1]))
             _settle(fut, True, value)
         else:
-            log.warning("%s raised %s: %s", task.label(), type(value).__name__, value)
+            log.debug("%s raised %s", task.label(), brief_exc(value))
             _settle(fut, False, value)
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -617,7 +632,53 @@ def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
         else:
             fut.set_exception(value)
     except Exception:  # noqa: BLE001 - already settled or cancelled
-        pass
+        _notify_cancelled(fut)  # a task dropped while its future was cancelled: tell its waiters
+
+
+def _notify_cancelled(fut: Future[Any]) -> None:
+    """Tell ``wait()``/``as_completed()`` about a cancelled future that will never run.
+
+    ``Future.cancel()`` wakes ``result()`` and runs callbacks, but ``wait``/``as_completed`` count
+    only ``CANCELLED_AND_NOTIFIED``, which ``set_running_or_notify_cancel()`` sets (once)."""
+    if fut._state == "CANCELLED":  # type: ignore[attr-defined]
+        try:
+            fut.set_running_or_notify_cancel()
+        except RuntimeError:  # notified meanwhile by another thread
+            pass
+
+
+def _start(fut: Future[Any] | None) -> bool:
+    """A queued task is about to run or leave: mark its future running. False if it was
+    cancelled (its waiters are told now, if nobody told them yet): then drop the task."""
+    if fut is None:
+        return True
+    st = fut._state  # type: ignore[attr-defined]
+    if st == "CANCELLED_AND_NOTIFIED":
+        return False
+    if st in ("PENDING", "CANCELLED"):
+        try:
+            return fut.set_running_or_notify_cancel()
+        except RuntimeError:  # cancelled and notified meanwhile
+            return False
+    return True  # RUNNING already: a task run again after its worker died
+
+
+def cancel_future(fut: Future[Any]) -> bool:
+    """Cancel a future on the library's own initiative (shutdown, a map given up by its consumer):
+    unlike a bare ``Future.cancel()``, everyone waiting on it (``wait``, ``as_completed``) learns
+    at once, and a nested child still queued on this worker leaves the queue. False if it has
+    started (or finished) already."""
+    task = getattr(fut, "_dtm_task", None)
+    home = task.home if task is not None else None
+    if home is not None and not home.withdraw(task):
+        # a local child some thread has claimed, to run or to send: that thread tells the waiters
+        return fut.cancel()
+    if not fut.cancel():  # at the hub, a cancelled task is dropped when its turn comes
+        return False
+    _notify_cancelled(fut)
+    if home is not None:
+        home.nudge()  # a waiter of this worker may be asleep on it
+    return True
 
 
 class _ThreadRec:
@@ -871,7 +932,7 @@ class Worker:
         for t in grab:
             if t.blob is None:  # a local child: serialize it now, only because it moves
                 fut = t.future
-                if fut is not None and not fut.set_running_or_notify_cancel():
+                if not _start(fut):
                     continue
                 try:
                     t.fid, t.fnblob = fc.pickle_fn(t.fn)
@@ -960,6 +1021,33 @@ class Worker:
                 self._acks.pop(key, None)
                 return
 
+    def withdraw(self, task: _Task) -> bool:
+        """Take a local child that nobody has started out of the queues (to cancel it).
+
+        The lock wait is bounded: a map iterator may be closed by the garbage collector on a
+        thread that holds it already. Then False, and the task is cancelled the standard way."""
+        if not self.cv.acquire(timeout=0.2):
+            return False
+        try:
+            fut = task.future
+            if (task.state != QUEUED or task.home is not self or fut is None
+                    or fut._state not in ("PENDING", "CANCELLED")):  # type: ignore[attr-defined]
+                return False
+            task.state = CLAIMED  # a tombstone in ``ready``, as left by _claim
+            self.nqueued -= 1
+            self.ntomb += 1
+            return True
+        finally:
+            self.cv.release()
+
+    def nudge(self) -> None:
+        """`wake`, with a bounded lock wait (see `withdraw`)."""
+        if self.sleepers and self.cv.acquire(timeout=0.2):
+            try:
+                self.cv.notify_all()
+            finally:
+                self.cv.release()
+
     # -- running -------------------------------------------------------------------------
     def _claim(self, futs: Iterable[Future[Any]]) -> _Task | None:
         """Claim the most recently queued local task among those computing ``futs``."""
@@ -987,11 +1075,9 @@ class Worker:
         return best
 
     def _execute(self, task: _Task) -> None:
-        fut = task.future
-        if fut is not None and fut._state in ("PENDING", "CANCELLED"):  # a local child
-            if not fut.set_running_or_notify_cancel():  # cancelled: tell its waiters, skip it
-                return
-        elif task.suspect and task.owner != self.rank:
+        if not _start(task.future):  # a local child, cancelled: its waiters are told; skip it
+            return
+        if task.suspect and task.owner != self.rank:
             self._announce(task)
         stack = tls.tasks
         stack.append(task)
@@ -1292,15 +1378,21 @@ class Hub:
                 self.all_done.notify_all()
 
     def cancel_pending(self) -> None:
+        """Cancel every queued top-level task (and tell its waiters); keep the retried ones,
+        whose futures are running already."""
         with self.lock:
             tasks = list(self.pending)
             self.pending.clear()
+        keep = []
         for t in tasks:
             if t.future is not None and t.future.cancel():
+                _notify_cancelled(t.future)
                 self.settled(t)
             else:
-                with self.lock:
-                    self.pending.append(t)
+                keep.append(t)
+        if keep:
+            with self.lock:
+                self.pending.extendleft(reversed(keep))
 
     def fail_pending(self, exc: BaseException) -> None:
         with self.lock:
@@ -1380,9 +1472,7 @@ class Hub:
                     while self.pending and len(batch) < n:
                         batch.append(self.pending.popleft())
                 for t in batch:
-                    fut = t.future
-                    if (fut is not None and fut._state in ("PENDING", "CANCELLED")
-                            and not fut.set_running_or_notify_cancel()):
+                    if not _start(t.future):  # cancelled
                         self.settled(t)
                         continue
                     sent.append(t)
@@ -1413,6 +1503,15 @@ class Hub:
             self.tried[w].discard(rank)
             if st == self.STEALING:  # its victim may have been the dead one
                 self._set(w, self.IDLE)
+
+    def undelivered(self, w: int) -> None:
+        """A dispatch to ``w`` could not be sent (its tasks failed): ``w`` still wants work, and
+        its requests, which saw no newer dispatch, are not stale."""
+        if w not in self.state:
+            return
+        self.sent_seq[w] = self.sent_seq.get(w, 1) - 1
+        self._set(w, self.IDLE)
+        self._serve()
 
     def add_worker(self, rank: int) -> None:
         self.state[rank] = self.NONE

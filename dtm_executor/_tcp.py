@@ -41,6 +41,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence, cast
 
+from ._log import brief_exc
 from ._transport import Buffer, FrameError, Received, _Forwarder, _Pending, _Waker, _WorkerEnd
 
 log = logging.getLogger("dtm_executor")
@@ -450,7 +451,8 @@ class TcpChannel:
         views = encode(peer, frames)
         total = sum(v.nbytes for v in views[1:])
         if total > self.max_bytes:
-            log.error("a message of %d bytes exceeds max_frame_bytes=%d and was not sent", total, self.max_bytes)
+            # the caller reports it (Node._undeliverable fails the tasks, rate-limited log line)
+            log.debug("a message of %d bytes exceeds max_frame_bytes=%d and was not sent", total, self.max_bytes)
             raise FrameError(f"a message of {total} bytes exceeds the limit of {self.max_bytes}")
         self.conn.send(views)
 
@@ -786,7 +788,7 @@ class TcpHubTransport:
             if isinstance(err, EOFError) and not ch.parser.mid_message:
                 log.debug("rank %d closed its connection", rank)
             else:
-                log.warning("dropping the connection of rank %d: %s: %s", rank, type(err).__name__, err)
+                log.warning("dropping the connection of rank %d: %s", rank, brief_exc(err))
             self._drop(rank)
             self._pending.append((rank, None))
 
@@ -852,7 +854,7 @@ class TcpWorkerTransport(_WorkerEnd):
             self._hot = more and err is None
             if err is not None:
                 if not isinstance(err, EOFError):
-                    log.warning("connection to rank 0 failed: %s: %s", type(err).__name__, err)
+                    log.warning("connection to rank 0 failed: %s", brief_exc(err))
                 self._lost = True
                 self._queue.append((0, None))
         return self._queue.popleft() if self._queue else None

@@ -362,11 +362,16 @@ class _Waker:
         self._armed = False
 
     def close(self) -> None:
-        for fd in (self.r, self.w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        # once only, and no write afterwards: by then the numbers may be another file's
+        fds = (self.r, self.w)
+        self._armed = True
+        self.r = self.w = -1
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 def _wait_readable(fds: list[int], timeout: float | None) -> list[int]:

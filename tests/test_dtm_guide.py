@@ -113,8 +113,9 @@ def test_exceptions(tmp_path):
     ]
     # the root task's exception is thrown by dtm.start and stops the run
     assert proc.stderr.rstrip().endswith("RuntimeError: the root task failed")
-    # and each caught task exception was reported on stderr with its type and arguments
-    assert len(re.findall(r"raised ValueError: bad item 3", proc.stderr)) >= 3
+    # caught task exceptions reach their callers; unlike DTM (a warning for each), they are not
+    # printed: only the root task's traceback is on stderr
+    assert "bad item 3" not in proc.stderr
 
 
 def test_tcp_backend_with_localhost_hostfile(tmp_path):

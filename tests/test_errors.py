@@ -120,9 +120,13 @@ def _warnings_about(caplog, text):
     ]
 
 
+def _records_about(caplog, text):
+    return [r for r in caplog.records if r.name == "dtm_executor" and text in r.getMessage()]
+
+
 # -- task exceptions ------------------------------------------------------------------------
-def test_exception_carries_remote_traceback_and_is_logged_once(ex2, caplog):
-    caplog.set_level(logging.WARNING, logger="dtm_executor")
+def test_exception_carries_remote_traceback_and_is_logged_once_at_debug(ex2, caplog):
+    caplog.set_level(logging.DEBUG, logger="dtm_executor")
     f = ex2.submit(explode, "boom-unique-1")
     with pytest.raises(ValueError, match="boom-unique-1") as info:
         f.result(timeout=30)
@@ -135,9 +139,10 @@ def test_exception_carries_remote_traceback_and_is_logged_once(ex2, caplog):
     assert f.exception() is info.value
     with pytest.raises(ValueError):
         f.result()
-    recs = _warnings_about(caplog, "boom-unique-1")
+    # it reached its future: like the standard library, nothing above DEBUG is logged
+    recs = _records_about(caplog, "boom-unique-1")
     assert len(recs) == 1, [r.getMessage() for r in recs]
-    assert recs[0].levelno == logging.WARNING
+    assert recs[0].levelno == logging.DEBUG
     assert "explode" in recs[0].getMessage()
 
 
@@ -148,15 +153,16 @@ def test_exception_chain_is_in_the_remote_traceback(ex2):
     assert "the-inner-cause" in str(info.value.__cause__)
 
 
-def test_map_item_exception_has_traceback_and_is_logged_once(ex2, caplog):
-    caplog.set_level(logging.WARNING, logger="dtm_executor")
+def test_map_item_exception_has_traceback_and_is_logged_once_at_debug(ex2, caplog):
+    caplog.set_level(logging.DEBUG, logger="dtm_executor")
     it = ex2.map(explode_if_3, range(6))
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="item 3 exploded") as info:
         next(it)
     assert isinstance(info.value.__cause__, RemoteTraceback)
     assert "explode_if_3" in str(info.value.__cause__)
-    assert len(_warnings_about(caplog, "item 3 exploded")) == 1
+    recs = _records_about(caplog, "item 3 exploded")
+    assert len(recs) == 1 and recs[0].levelno == logging.DEBUG
 
 
 def test_base_exceptions_inside_tasks_do_not_kill_workers(ex2):

@@ -229,3 +229,19 @@ def _fail_above_rank(last: int) -> None:
     """An initializer that fails in replacements only (their ranks follow the first ones)."""
     if int(os.environ["DTM_EXECUTOR_RANK"]) > last:
         raise RuntimeError("refusing to start: a replacement")
+
+
+# -- work the transport refuses to carry -------------------------------------------------------
+def test_tasks_too_big_to_send_fail_and_the_rest_still_runs() -> None:
+    """Dispatches over TCP's frame limit fail their tasks; the workers they were meant for must
+    not look served (their later requests were ignored as stale, and the queue hung)."""
+    from dtm_executor import SerializationError
+
+    big = b"x" * (1 << 17)
+    with DTMExecutor(2, transport="tcp", max_frame_bytes=1 << 16) as ex:
+        fs = [ex.submit(len, big) for _ in range(100)]
+        small = [ex.submit(abs, -i) for i in range(100)]
+        for f in fs:
+            with pytest.raises(SerializationError, match="could not be sent"):
+                f.result(timeout=60)
+        assert [f.result(timeout=60) for f in small] == list(range(100))

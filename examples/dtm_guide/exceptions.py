@@ -1,8 +1,9 @@
 # DTM guide, 6.5.2 "Exceptions", as a program (the guide describes the behaviour without a
 # listing); written for `from deap import dtm`, with that line changed. A task's exception is
 # raised in its parent: at the call for apply/map, at get() for apply_async/map_async, whose
-# successful() is then False. DTM logs each one on stderr when it is caught. An exception of the
-# root task stops the run and is thrown by dtm.start().
+# successful() is then False. DTM logged each one on stderr when it was caught; dtm_executor logs
+# it at DEBUG only (logger "dtm_executor"), since the parent gets it. An exception of the root task
+# stops the run and is thrown by dtm.start().
 from dtm_executor import dtm
 
 def check(x):
