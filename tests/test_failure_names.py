@@ -45,7 +45,7 @@ def _item_lines(caplog) -> list[str]:
 
 @pytest.mark.parametrize("chunksize", [10, 7, None])
 def test_a_map_failure_names_the_input_index(ex2, caplog, chunksize):
-    caplog.set_level(logging.WARNING, logger="dtm_executor")
+    caplog.set_level(logging.DEBUG, logger="dtm_executor")  # failures that reach the caller: DEBUG
     with pytest.raises(ValueError, match="bad item 37") as info:
         list(ex2.map(fail_at_37, range(100), chunksize=chunksize))
     lines = _item_lines(caplog)
@@ -65,7 +65,7 @@ def test_a_map_failure_names_the_input_index(ex2, caplog, chunksize):
     ids=["map_async", "imap", "starmap", "dtm.map"],
 )
 def test_every_kind_of_map_names_the_input_index(ex2, caplog, call):
-    caplog.set_level(logging.WARNING, logger="dtm_executor")
+    caplog.set_level(logging.DEBUG, logger="dtm_executor")  # failures that reach the caller: DEBUG
     with pytest.raises(ValueError, match="bad item 37") as info:
         call(ex2)
     lines = _item_lines(caplog)
