@@ -47,7 +47,7 @@ _INLINE_MAX = 64 << 10  # frames up to this size are copied into the head messag
 _HEAD = struct.Struct("<II")  # session number (0: control), number of frames
 _SEPARATE = 1 << 63  # flag on a frame size: the frame follows as its own message
 _SPIN = 0.02  # seconds the MPI thread keeps calling MPI without sleeping while a send is pending
-_IDLE_FRACTION = 0.02  # an idle rank's sleep between polls: this share of the time since the last message
+_IDLE_FRACTION = 0.01  # an idle rank's sleep between polls: this share of the time since the last message
 
 _START, _EXIT, _BYE = "start", "exit", "bye"
 _SHUTDOWN_FRAMES = pickle.dumps((_runtime.SHUTDOWN,), 5)
@@ -131,7 +131,7 @@ class _Engine:
         }.get(self.provided, str(self.provided))
         self._poll_max = max(1e-5, _env_float("DTM_EXECUTOR_MPI_POLL", 0.001))
         self._poll_hot = max(0.0, _env_float("DTM_EXECUTOR_MPI_HOT", 0.002))
-        self._poll_idle = max(self._poll_max, _env_float("DTM_EXECUTOR_MPI_IDLE_POLL", 0.05))
+        self._poll_idle = max(self._poll_max, _env_float("DTM_EXECUTOR_MPI_IDLE_POLL", 0.02))
         self._out: collections.deque[tuple[int, bytes, list[memoryview]]] = collections.deque()
         self._out_cv = threading.Condition(threading.Lock())
         self._in_cv = threading.Condition(threading.Lock())
@@ -333,7 +333,7 @@ class _Engine:
                 else:
                     # the longer the silence, the less likely an answer is due: a rank waiting for
                     # work polls less and less often (costing < 1 % of a core), and a message is
-                    # noticed within 2 % of the time the rank has been idle (at most _poll_idle)
+                    # noticed within 1 % of the time the rank has been idle (at most _poll_idle)
                     cap = min(self._poll_idle, max(self._poll_max, quiet * _IDLE_FRACTION))
                     wait = min(cap, max(poll_min, wait * 2))
                 with out_cv:
@@ -638,11 +638,15 @@ def _install_excepthook() -> None:
     sys.excepthook = hook
 
 
-def _finish_rank0_at_exit() -> None:
-    try:  # the program is ending: a Ctrl-C now must not strand the other ranks
+def _ignore_sigint() -> None:
+    try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread
         pass
+
+
+def _finish_rank0_at_exit() -> None:
+    _ignore_sigint()  # the program is ending: a Ctrl-C now must not strand the other ranks
     code = _program_status()
     try:
         finish_rank0(code)
@@ -730,7 +734,7 @@ class _Watchdog:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(timeout), message],
                 stdin=subprocess.PIPE, close_fds=True)
-        except OSError as e:  # pragma: no cover - no way to start a process: wait unbounded
+        except Exception as e:  # noqa: BLE001 - no way to start a process: wait unbounded
             log.warning("cannot start the MPI start-up watchdog: %s", e)
 
     def __enter__(self) -> "_Watchdog":
@@ -789,6 +793,7 @@ def _at_program_end() -> None:
     timeout = _env_float("DTM_EXECUTOR_MPI_JOIN_TIMEOUT", 5.0)
     if timeout <= 0:
         return
+    _ignore_sigint()  # the program has ended: a Ctrl-C now must not strand the other ranks
     code = _program_status()
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_finalized():
@@ -852,6 +857,7 @@ def launch(script: str, run_main: Any) -> int:
         try:
             code = run_main(script)
         finally:
+            _ignore_sigint()  # the script has ended: a Ctrl-C now must not strand the other ranks
             finish_rank0(code)
         return code
     import multiprocessing.spawn as mpspawn

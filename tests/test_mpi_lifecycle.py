@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import textwrap
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -76,9 +78,47 @@ if __name__ == "__main__":
 BOUND = 10.0
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (MPICH makes every rank and proxy a
+    session leader of its own, so the job's session does not hold them)."""
+    out = []
+    needle = text.encode()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if needle not in f.read():
+                    continue
+            with open(f"/proc/{d}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in (b"Z", b"X"):
+            out.append(int(d))
+    return out
+
+
 @pytest.fixture
-def script(tmp_path: Path) -> Path:
-    p = tmp_path / "lifecycle.py"
+def no_leftovers(tmp_path: Path) -> Iterator[Path]:
+    """After the test, no rank, wrapper or watchdog of its jobs may be left running."""
+    yield tmp_path
+    marks = [str(tmp_path), "DTM_EXECUTOR_MPI_JOIN_TIMEOUT"]  # the watchdog's message names it
+    end = time.monotonic() + 10
+    while any(_processes_mentioning(m) for m in marks) and time.monotonic() < end:
+        time.sleep(0.1)
+    left = [pid for m in marks for pid in _processes_mentioning(m)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture
+def script(no_leftovers: Path) -> Path:
+    p = no_leftovers / "lifecycle.py"
     p.write_text(textwrap.dedent(SCRIPT))
     return p
 
@@ -264,30 +304,34 @@ def _cpu_seconds(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_share(pids: list[int], seconds: float) -> dict[int, float]:
-    """Share of one core each process used over ``seconds`` (utime + stime from /proc)."""
-    before = {p: _cpu_seconds(p) for p in pids}
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    dt = time.monotonic() - t0
-    return {p: (_cpu_seconds(p) - before[p]) / dt for p in pids}
+def _cpu_share(pids: list[int], seconds: float, windows: int = 2) -> dict[int, float]:
+    """Share of one core each process used (utime + stime from /proc): the least over
+    ``windows`` consecutive windows of ``seconds`` (a waiting rank that spins does so in every
+    window; a burst of the busy machine's own noise only spoils one)."""
+    best = {p: float("inf") for p in pids}
+    for _ in range(windows):
+        before = {p: _cpu_seconds(p) for p in pids}
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        dt = time.monotonic() - t0
+        for p in pids:
+            best[p] = min(best[p], (_cpu_seconds(p) - before[p]) / dt)
+    return best
 
 
-def _hydra_proxies(sid: int) -> list[int]:
-    from test_mpi import _session_members
-
+def _hydra_proxies(mpiexec_pid: int) -> list[int]:
     out = []
-    for pid in _session_members(sid):
+    for pid in _processes_mentioning("hydra_pmi_proxy"):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"hydra_pmi_proxy" in f.read():
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if int(f.read().rsplit(b")", 1)[1].split()[1]) == mpiexec_pid:
                     out.append(pid)
         except OSError:
             pass
     return out
 
 
-#: the issue's ceiling for a rank waiting for work: 1 % of a core (measured over MEASURE seconds)
+#: the issue's ceiling for a rank waiting for work: 1 % of a core (the least of two MEASURE-second windows)
 IDLE_CEILING = 0.01
 MEASURE = 4.0
 
@@ -295,13 +339,13 @@ MEASURE = 4.0
 @needs_mpiexec
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("style", ["launcher", "plain"])
-def test_waiting_ranks_do_not_spin(style: str, tmp_path: Path) -> None:
+def test_waiting_ranks_do_not_spin(style: str, no_leftovers: Path) -> None:
     """Ranks waiting for rank 0 (no executor yet, and an idle executor) stay under 1 % of a core,
     and so does MPICH's proxy. (Plain style skips the first phase: there the other ranks wait
     inside MPI_Init for rank 0, which MPICH implements as a busy wait; see docs/mpi.md.)"""
-    p = tmp_path / "idle.py"
+    p = no_leftovers / "idle.py"
     p.write_text(textwrap.dedent(IDLE))
-    go = str(tmp_path / "go")
+    go = str(no_leftovers / "go")
     cmd = [PY, "-m", "dtm_executor", str(p), go] if style == "launcher" else [PY, str(p), go]
     assert MPIEXEC is not None
     job = Job([MPIEXEC, "-n", "3", *cmd])
