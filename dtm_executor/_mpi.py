@@ -18,7 +18,9 @@ Sessions. Worker ranks outlive executors: each `DTMExecutor` on rank 0 opens a n
 Messages of ended sessions are dropped, so a late result can never reach a later executor. When
 rank 0's program ends it sends EXIT(status); workers answer BYE, call ``MPI_Finalize`` and exit
 with that status. Rank 0 calls ``MPI_Abort`` if a rank does not answer in time, so no rank is left
-hanging. No collective operation is ever used (a rank that never arrives cannot block the others).
+hanging. No collective operation is ever used (a rank that never arrives cannot block the others),
+except MPI's own initialization: in the plain style a rank whose program ends before its first
+executor therefore still joins it from an exit handler (`_at_program_end`).
 """
 
 from __future__ import annotations
@@ -464,7 +466,6 @@ class _State:
     finished = False
     hook_installed = False
     watching = False  # the end-of-program handler of the plain style is registered
-    serving = False  # this rank > 0 serves tasks (it never returns to the program)
 
 
 class MPIPool:
@@ -802,10 +803,10 @@ def _at_program_end() -> None:
     try:
         if _ENGINE or (mpi is not None and mpi.Is_initialized()):
             eng = _engine()
-        elif rank != 0 and code == 0:
+        elif rank is not None and rank != 0 and code == 0:
             eng = _engine()  # like DTMExecutor() on this rank: wait for rank 0 as long as it takes
         else:
-            who = "rank 0" if rank == 0 else f"rank {rank}"
+            who = "rank 0" if rank == 0 else f"rank {rank if rank is not None else '?'}"
             why = ("the other ranks did not join MPI" if rank == 0 else "rank 0 did not join MPI")
             msg = (f"dtm_executor: MPI {who} ended (status {code}) before creating an executor, and "
                    f"{why} within {timeout:g} s (DTM_EXECUTOR_MPI_JOIN_TIMEOUT); ending the job")
@@ -823,7 +824,6 @@ def _at_program_end() -> None:
         log.error("MPI rank %d: the program failed (status %d) before creating an executor; "
                   "ending the job", eng.rank, code)
         eng.abort(code)
-    _State.serving = True
     serve_forever(eng)  # exits the process with rank 0's status
 
 

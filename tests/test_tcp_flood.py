@@ -173,3 +173,34 @@ def test_a_bare_listener_lets_expected_ranks_in_through_a_flood(flood: tuple[int
         lst.close()
         for ch in got.values():
             ch.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_from_one_host_never_drops_a_handshake_from_another(flood: tuple[int, Flood]) -> None:
+    """Eviction takes the oldest handshake of the busiest address: a worker on another host may
+    take its time to answer while one host floods the port (here 127.0.0.2 vs 127.0.0.1)."""
+    port, f = flood
+    got: dict[int, Any] = {}
+    secret = os.urandom(32)
+    lst = _tcp.Listener(secret, "127.0.0.1", port, on_auth=lambda r, ch, a: got.setdefault(r, ch),
+                        max_pending=32, handshake_timeout=60)
+    try:
+        lst.expect([7])
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)) as s:
+            challenge = s.recv(_tcp.CHALLENGE_SIZE, socket.MSG_WAITALL)
+            start = lst.refused
+            end = time.monotonic() + 30
+            while lst.refused < start + 500 and time.monotonic() < end:  # many evictions meanwhile
+                time.sleep(0.1)
+            assert lst.refused >= start + 500, "the flood did not get going"
+            client = _tcp.ClientHandshake(secret, 7)
+            s.sendall(client.respond(challenge))
+            client.check(s.recv(_tcp.REPLY_SIZE, socket.MSG_WAITALL))
+            end = time.monotonic() + 10
+            while 7 not in got and time.monotonic() < end:
+                time.sleep(0.05)
+            assert 7 in got
+    finally:
+        lst.close()
+        for ch in got.values():
+            ch.close()
