@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from . import _local, _runtime, _serial
 from ._transport import Buffer, Received, TransportClosed
@@ -261,8 +261,9 @@ class _Engine:
         os._exit(code)  # pragma: no cover - Abort does not return
 
     # -- the MPI thread ------------------------------------------------------------------
-    def loop(self) -> None:
-        """Make every MPI call of this process until `stop` (runs in exactly one thread)."""
+    def loop(self, until: Callable[[], bool] | None = None) -> None:
+        """Make every MPI call of this process until `stop` (runs in exactly one thread), or
+        until ``until()`` (called after each round of MPI calls, in this thread) is true."""
         MPI = self.MPI
         comm = self.comm
         st = MPI.Status()
@@ -312,6 +313,8 @@ class _Engine:
                     busy = True
                 if self._abort_code is not None:
                     comm.Abort(self._abort_code)
+                if until is not None and until():
+                    return
                 if self._stopping:
                     if not reqs and not self._out:
                         return
@@ -407,12 +410,13 @@ _ENGINE: list[_Engine] = []
 _engine_lock = threading.Lock()
 
 
-def _engine() -> _Engine:
-    """This process's MPI endpoint, created on first use (rank 0 starts its MPI thread)."""
+def _engine(thread: bool = True) -> _Engine:
+    """This process's MPI endpoint, created on first use (rank 0 starts its MPI thread, unless
+    ``thread`` is false: an exit handler may not start threads on some Pythons)."""
     with _engine_lock:
         if not _ENGINE:
             eng = _Engine()
-            if eng.rank == 0:
+            if eng.rank == 0 and thread:
                 if eng.provided < eng.MPI.THREAD_SERIALIZED:
                     log.warning(
                         "MPI provides only thread level %r; rank 0 makes its MPI calls from one "
@@ -777,9 +781,8 @@ def _at_program_end() -> None:
     Every rank that imported dtm_executor joins MPI here (MPI initialization is collective: the
     ranks already waiting in their ``DTMExecutor()`` cannot get out of it otherwise), then:
 
-    * rank 0 releases the other ranks with its status (`finish_rank0`): they exit with it;
-    * a rank > 0 whose program ended normally serves rank 0 like any worker rank until rank 0's
-      program ends (exiting with its status);
+    * rank 0 releases the other ranks with its status: they exit with it;
+    * a rank > 0 whose program ended normally waits for that (`_wait_for_rank0`);
     * a rank > 0 whose program failed ends the whole job (``MPI_Abort``).
 
     Joining is bounded by ``DTM_EXECUTOR_MPI_JOIN_TIMEOUT`` seconds (5; 0 disables all this) for
@@ -802,29 +805,87 @@ def _at_program_end() -> None:
     rank = _rank_from_env()
     try:
         if _ENGINE or (mpi is not None and mpi.Is_initialized()):
-            eng = _engine()
+            eng = _engine(thread=False)
         elif rank is not None and rank != 0 and code == 0:
-            eng = _engine()  # like DTMExecutor() on this rank: wait for rank 0 as long as it takes
+            eng = _engine(thread=False)  # as in DTMExecutor(): wait for rank 0 however long it takes
         else:
             who = "rank 0" if rank == 0 else f"rank {rank if rank is not None else '?'}"
             why = ("the other ranks did not join MPI" if rank == 0 else "rank 0 did not join MPI")
             msg = (f"dtm_executor: MPI {who} ended (status {code}) before creating an executor, and "
                    f"{why} within {timeout:g} s (DTM_EXECUTOR_MPI_JOIN_TIMEOUT); ending the job")
             with _Watchdog(timeout, msg):
-                eng = _engine()
+                eng = _engine(thread=False)
     except Exception:  # noqa: BLE001 - MPI itself failed: nothing more can be done from here
         log.exception("MPI rank %s could not join the other ranks at the end of its program", rank)
         return
     if eng.size == 1:
         return
     if eng.rank == 0:
-        _finish_rank0_at_exit()
-        return
-    if code != 0:
+        _release_from_exit_handler(eng, code)
+    elif code != 0:
         log.error("MPI rank %d: the program failed (status %d) before creating an executor; "
                   "ending the job", eng.rank, code)
         eng.abort(code)
-    serve_forever(eng)  # exits the process with rank 0's status
+    else:
+        _wait_for_rank0(eng)
+
+
+# Exit handlers may not start threads (Python 3.12.0 and 3.12.1 refuse), so the two functions below
+# make the MPI calls from the calling thread: `_Engine.loop` runs there until their condition holds.
+
+def _release_from_exit_handler(eng: _Engine, code: int) -> None:
+    """`finish_rank0` for an engine without its MPI thread: EXIT to every rank, wait for BYE."""
+    _State.finished = True
+    for r in range(1, eng.size):
+        eng.send_control(r, (_EXIT, code))
+    timeout = _env_float("DTM_EXECUTOR_MPI_EXIT_TIMEOUT", 10.0)
+    end = time.monotonic() + timeout
+    waiting = set(range(1, eng.size))
+
+    def done() -> bool:
+        while (item := eng.recv_control(0)) is not None:
+            if item[1][0] == _BYE:
+                waiting.discard(item[0])
+        return not waiting or time.monotonic() >= end
+
+    eng.loop(done)
+    if waiting:
+        log.error("MPI rank(s) %s did not finish within %.0f s of the end of rank 0's program; "
+                  "aborting the job", sorted(waiting), timeout)
+        eng.abort(code or 1)
+    _flush_stdio()
+    if not eng.MPI.Is_finalized():
+        eng.MPI.Finalize()
+
+
+def _wait_for_rank0(eng: _Engine) -> NoReturn:
+    """A worker rank whose program ended before its first executor: wait for rank 0's EXIT.
+
+    It does not serve: an executor that rank 0 opens meanwhile learns at once that this rank
+    cannot take part (every rank must reach ``DTMExecutor()`` in the plain style).
+    """
+    why = ("its program ended before it created an executor (in `mpiexec -n N python script.py` "
+           "every rank must reach DTMExecutor(); see docs/mpi.md)")
+    code: list[int] = []
+
+    def done() -> bool:
+        while (item := eng.recv_control(0)) is not None:
+            msg = item[1]
+            if msg[0] == _START:
+                eng.send(0, [pickle.dumps((_runtime.INITFAIL, why), 5)], msg[1])
+                eng.end_session(msg[1])
+            elif msg[0] == _EXIT and not code:
+                code.append(int(msg[1]))
+                eng.send_control(0, (_BYE,))
+        return bool(code) and not eng._out and eng._npending == 0
+
+    eng.loop(done)
+    _flush_stdio()
+    try:
+        eng.MPI.Finalize()
+    except Exception:  # noqa: BLE001
+        pass
+    _exit_process(code[0])
 
 
 def _rank_from_env() -> int | None:

@@ -59,6 +59,10 @@ def main(mode):
     elif mode == "all-fail":  # like a bad argument: every rank fails the same way
         stamp("RAISE")
         raise ValueError("bad argument")
+    elif mode == "worker-ends":  # rank 1 ends normally before its executor; rank 0 opens one
+        if RANK == 1:
+            time.sleep(1.0)
+            return
     elif mode == "worker-fails":  # rank 1 fails before its executor; rank 0 is waiting in its own
         if RANK == 1:
             time.sleep(1.0)
@@ -216,6 +220,20 @@ def test_a_worker_rank_failing_before_its_executor_ends_the_job(script: Path) ->
     assert code != 0, job.report()
     assert ended - _stamp(job, "RAISE") < BOUND, job.report()
     assert job.err.count("RuntimeError: rank 1 fails early") == 1, job.report()
+
+
+@needs_mpiexec
+@pytest.mark.timeout(120)
+def test_an_executor_needing_a_rank_whose_program_ended_fails_clearly(script: Path) -> None:
+    """Rank 1's program ended normally before its first DTMExecutor(): rank 0's executor cannot
+    use it, says so, and the run ends (instead of rank 0 waiting in MPI_Init forever)."""
+    job = _job("plain", 3, script, "worker-ends")
+    code = job.wait(90)
+    assert code != 0, job.report()
+    assert "worker rank 1 could not start" in job.err, job.report()
+    assert "its program ended before it created an executor" in job.err, job.report()
+    assert job.elapsed < 60, job.report()
+    assert all(s != 0 for s in _statuses(job, 3).values()), job.report()
 
 
 @needs_mpiexec
