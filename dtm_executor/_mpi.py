@@ -18,7 +18,9 @@ Sessions. Worker ranks outlive executors: each `DTMExecutor` on rank 0 opens a n
 Messages of ended sessions are dropped, so a late result can never reach a later executor. When
 rank 0's program ends it sends EXIT(status); workers answer BYE, call ``MPI_Finalize`` and exit
 with that status. Rank 0 calls ``MPI_Abort`` if a rank does not answer in time, so no rank is left
-hanging. No collective operation is ever used (a rank that never arrives cannot block the others).
+hanging. No collective operation is ever used (a rank that never arrives cannot block the others),
+except MPI's own initialization: in the plain style a rank whose program ends before its first
+executor therefore still joins it from an exit handler (`_at_program_end`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from . import _local, _runtime, _serial
 from ._log import brief_repr
@@ -48,6 +50,7 @@ _INLINE_MAX = 64 << 10  # frames up to this size are copied into the head messag
 _HEAD = struct.Struct("<II")  # session number (0: control), number of frames
 _SEPARATE = 1 << 63  # flag on a frame size: the frame follows as its own message
 _SPIN = 0.02  # seconds the MPI thread keeps calling MPI without sleeping while a send is pending
+_IDLE_FRACTION = 0.01  # an idle rank's sleep between polls: this share of the time since the last message
 
 _START, _EXIT, _BYE = "start", "exit", "bye"
 _SHUTDOWN_FRAMES = pickle.dumps((_runtime.SHUTDOWN,), 5)
@@ -131,6 +134,7 @@ class _Engine:
         }.get(self.provided, str(self.provided))
         self._poll_max = max(1e-5, _env_float("DTM_EXECUTOR_MPI_POLL", 0.001))
         self._poll_hot = max(0.0, _env_float("DTM_EXECUTOR_MPI_HOT", 0.002))
+        self._poll_idle = max(self._poll_max, _env_float("DTM_EXECUTOR_MPI_IDLE_POLL", 0.02))
         self._out: collections.deque[tuple[int, bytes, list[memoryview]]] = collections.deque()
         self._out_cv = threading.Condition(threading.Lock())
         self._in_cv = threading.Condition(threading.Lock())
@@ -258,8 +262,9 @@ class _Engine:
         os._exit(code)  # pragma: no cover - Abort does not return
 
     # -- the MPI thread ------------------------------------------------------------------
-    def loop(self) -> None:
-        """Make every MPI call of this process until `stop` (runs in exactly one thread)."""
+    def loop(self, until: Callable[[], bool] | None = None) -> None:
+        """Make every MPI call of this process until `stop` (runs in exactly one thread), or
+        until ``until()`` (called after each round of MPI calls, in this thread) is true."""
         MPI = self.MPI
         comm = self.comm
         st = MPI.Status()
@@ -309,6 +314,8 @@ class _Engine:
                     busy = True
                 if self._abort_code is not None:
                     comm.Abort(self._abort_code)
+                if until is not None and until():
+                    return
                 if self._stopping:
                     if not reqs and not self._out:
                         return
@@ -326,10 +333,15 @@ class _Engine:
                 if reqs and time.monotonic() - last_busy < _SPIN:
                     os.sched_yield()
                     continue
-                if reqs or time.monotonic() - last_busy < hot:
+                quiet = time.monotonic() - last_busy
+                if reqs or quiet < hot:
                     wait = poll_min  # an answer is likely soon: keep latency low
                 else:
-                    wait = min(self._poll_max, max(poll_min, wait * 2))
+                    # the longer the silence, the less likely an answer is due: a rank waiting for
+                    # work polls less and less often (costing < 1 % of a core), and a message is
+                    # noticed within 1 % of the time the rank has been idle (at most _poll_idle)
+                    cap = min(self._poll_idle, max(self._poll_max, quiet * _IDLE_FRACTION))
+                    wait = min(cap, max(poll_min, wait * 2))
                 with out_cv:
                     if not self._out and not self._stopping and self._abort_code is None:
                         out_cv.wait(wait)
@@ -399,12 +411,13 @@ _ENGINE: list[_Engine] = []
 _engine_lock = threading.Lock()
 
 
-def _engine() -> _Engine:
-    """This process's MPI endpoint, created on first use (rank 0 starts its MPI thread)."""
+def _engine(thread: bool = True) -> _Engine:
+    """This process's MPI endpoint, created on first use (rank 0 starts its MPI thread, unless
+    ``thread`` is false: an exit handler may not start threads on some Pythons)."""
     with _engine_lock:
         if not _ENGINE:
             eng = _Engine()
-            if eng.rank == 0:
+            if eng.rank == 0 and thread:
                 if eng.provided < eng.MPI.THREAD_SERIALIZED:
                     log.warning(
                         "MPI provides only thread level %r; rank 0 makes its MPI calls from one "
@@ -457,6 +470,7 @@ class _State:
     launcher = False
     finished = False
     hook_installed = False
+    watching = False  # the end-of-program handler of the plain style is registered
 
 
 class MPIPool:
@@ -631,16 +645,36 @@ def _install_excepthook() -> None:
     sys.excepthook = hook
 
 
-def _finish_rank0_at_exit() -> None:
-    try:  # the program is ending: a Ctrl-C now must not strand the other ranks
+def _ignore_sigint() -> None:
+    try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread
         pass
+
+
+def _finish_rank0_at_exit() -> None:
+    _ignore_sigint()  # the program is ending: a Ctrl-C now must not strand the other ranks
+    code = _program_status()
     try:
-        finish_rank0(_State.exit_code or 0)
+        finish_rank0(code)
     except BaseException:  # noqa: BLE001 - whatever went wrong, no rank may be left behind
         if _ENGINE:
-            _ENGINE[0].abort(_State.exit_code or 1)
+            _ENGINE[0].abort(code or 1)
+
+
+def _program_status() -> int:
+    """The status the interpreter exits with, as far as an exit handler can tell.
+
+    The excepthook (installed with the first executor) records it; without it, an uncaught
+    exception is still visible as ``sys.last_value`` (set when the interpreter prints it). A
+    ``sys.exit(status)`` is invisible to exit handlers: it counts as 0.
+    """
+    if _State.exit_code is not None:
+        return _State.exit_code
+    last = getattr(sys, "last_value", None)
+    if last is None:
+        return 0
+    return 130 if isinstance(last, KeyboardInterrupt) else 1
 
 
 def finish_rank0(code: int) -> None:
@@ -678,6 +712,193 @@ def finish_rank0(code: int) -> None:
     eng.stop(5.0)
 
 
+# -- plain style: a rank whose program ends before it created an executor ------------------------
+
+_WATCHDOG = """
+import os, select, signal, sys
+pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], timeout)[0]:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+class _Watchdog:
+    """Kill this process if it is still inside ``MPI_Init`` after ``timeout`` seconds.
+
+    MPI initialization is collective and cannot be interrupted from Python (mpi4py holds the
+    GIL through it), so the watchdog is a separate small process; its standard input closing
+    (we are done, or dead) releases it. A rank killed by a signal makes MPI launchers end the
+    whole job, which is the point.
+    """
+
+    def __init__(self, timeout: float, message: str) -> None:
+        import subprocess
+
+        self._proc: Any = None
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(timeout), message],
+                stdin=subprocess.PIPE, close_fds=True)
+        except Exception as e:  # noqa: BLE001 - no way to start a process: wait unbounded
+            log.warning("cannot start the MPI start-up watchdog: %s", e)
+
+    def __enter__(self) -> "_Watchdog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:  # pragma: no cover
+                pass
+            try:
+                self._proc.wait(5.0)
+            except Exception:  # noqa: BLE001 - it exits on its own once it sees the EOF
+                pass
+
+
+def watch_rank_exit() -> None:
+    """Under an MPI launcher, make sure no rank is left waiting for one whose program ended.
+
+    Called when the package is imported (it reads the environment only; mpi4py is not imported).
+    In the plain style (``mpiexec -n N python script.py``) a rank waits for the others inside
+    MPI when it creates its first executor; a rank whose program ends first must still take part
+    (see `_at_program_end`). The launcher style initializes MPI on every rank before the script
+    runs and ends the run itself.
+    """
+    if _State.watching:
+        return
+    n = world_size_from_env()
+    if n is None or n == 1:
+        return
+    _State.watching = True
+    atexit.register(_at_program_end)
+
+
+def _at_program_end() -> None:
+    """The plain style's end of a rank's program before any MPI executor did it (exit handler).
+
+    Every rank that imported dtm_executor joins MPI here (MPI initialization is collective: the
+    ranks already waiting in their ``DTMExecutor()`` cannot get out of it otherwise), then:
+
+    * rank 0 releases the other ranks with its status: they exit with it;
+    * a rank > 0 whose program ended normally waits for that (`_wait_for_rank0`);
+    * a rank > 0 whose program failed ends the whole job (``MPI_Abort``).
+
+    Joining is bounded by ``DTM_EXECUTOR_MPI_JOIN_TIMEOUT`` seconds (5; 0 disables all this) for
+    rank 0 and for a failed rank: if the others do not join in time, a watchdog kills this
+    process, which makes the MPI launcher end the job. Only a rank > 0 whose program ended
+    normally waits for rank 0 without limit, as it would in ``DTMExecutor()``.
+    """
+    if _State.launcher or _State.finished:
+        return
+    if _ENGINE and _ENGINE[0].rank == 0:
+        return  # _finish_rank0_at_exit (registered later, so run earlier) has released the ranks
+    timeout = _env_float("DTM_EXECUTOR_MPI_JOIN_TIMEOUT", 5.0)
+    if timeout <= 0:
+        return
+    _ignore_sigint()  # the program has ended: a Ctrl-C now must not strand the other ranks
+    code = _program_status()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_finalized():
+        return  # the program finalized MPI itself: nothing can be said to the other ranks
+    rank = _rank_from_env()
+    try:
+        if _ENGINE or (mpi is not None and mpi.Is_initialized()):
+            eng = _engine(thread=False)
+        elif rank is not None and rank != 0 and code == 0:
+            eng = _engine(thread=False)  # as in DTMExecutor(): wait for rank 0 however long it takes
+        else:
+            who = "rank 0" if rank == 0 else f"rank {rank if rank is not None else '?'}"
+            why = ("the other ranks did not join MPI" if rank == 0 else "rank 0 did not join MPI")
+            msg = (f"dtm_executor: MPI {who} ended (status {code}) before creating an executor, and "
+                   f"{why} within {timeout:g} s (DTM_EXECUTOR_MPI_JOIN_TIMEOUT); ending the job")
+            with _Watchdog(timeout, msg):
+                eng = _engine(thread=False)
+    except Exception:  # noqa: BLE001 - MPI itself failed: nothing more can be done from here
+        log.exception("MPI rank %s could not join the other ranks at the end of its program", rank)
+        return
+    if eng.size == 1:
+        return
+    if eng.rank == 0:
+        _release_from_exit_handler(eng, code)
+    elif code != 0:
+        log.error("MPI rank %d: the program failed (status %d) before creating an executor; "
+                  "ending the job", eng.rank, code)
+        eng.abort(code)
+    else:
+        _wait_for_rank0(eng)
+
+
+# Exit handlers may not start threads (Python 3.12.0 and 3.12.1 refuse), so the two functions below
+# make the MPI calls from the calling thread: `_Engine.loop` runs there until their condition holds.
+
+def _release_from_exit_handler(eng: _Engine, code: int) -> None:
+    """`finish_rank0` for an engine without its MPI thread: EXIT to every rank, wait for BYE."""
+    _State.finished = True
+    for r in range(1, eng.size):
+        eng.send_control(r, (_EXIT, code))
+    timeout = _env_float("DTM_EXECUTOR_MPI_EXIT_TIMEOUT", 10.0)
+    end = time.monotonic() + timeout
+    waiting = set(range(1, eng.size))
+
+    def done() -> bool:
+        while (item := eng.recv_control(0)) is not None:
+            if item[1][0] == _BYE:
+                waiting.discard(item[0])
+        return not waiting or time.monotonic() >= end
+
+    eng.loop(done)
+    if waiting:
+        log.error("MPI rank(s) %s did not finish within %.0f s of the end of rank 0's program; "
+                  "aborting the job", sorted(waiting), timeout)
+        eng.abort(code or 1)
+    _flush_stdio()
+    if not eng.MPI.Is_finalized():
+        eng.MPI.Finalize()
+
+
+def _wait_for_rank0(eng: _Engine) -> NoReturn:
+    """A worker rank whose program ended before its first executor: wait for rank 0's EXIT.
+
+    It does not serve: an executor that rank 0 opens meanwhile learns at once that this rank
+    cannot take part (every rank must reach ``DTMExecutor()`` in the plain style).
+    """
+    why = ("its program ended before it created an executor (in `mpiexec -n N python script.py` "
+           "every rank must reach DTMExecutor(); see docs/mpi.md)")
+    code: list[int] = []
+
+    def done() -> bool:
+        while (item := eng.recv_control(0)) is not None:
+            msg = item[1]
+            if msg[0] == _START:
+                eng.send(0, [pickle.dumps((_runtime.INITFAIL, why), 5)], msg[1])
+                eng.end_session(msg[1])
+            elif msg[0] == _EXIT and not code:
+                code.append(int(msg[1]))
+                eng.send_control(0, (_BYE,))
+        return bool(code) and not eng._out and eng._npending == 0
+
+    eng.loop(done)
+    _flush_stdio()
+    try:
+        eng.MPI.Finalize()
+    except Exception:  # noqa: BLE001
+        pass
+    _exit_process(code[0])
+
+
+def _rank_from_env() -> int | None:
+    for var in _RANK_VARS:
+        try:
+            return int(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -700,6 +921,7 @@ def launch(script: Any, run_main: Any, import_main: Any = None) -> int:
         try:
             code = run_main(script)
         finally:
+            _ignore_sigint()  # the script has ended: a Ctrl-C now must not strand the other ranks
             finish_rank0(code)
         return code
     import multiprocessing.spawn as mpspawn

@@ -245,6 +245,7 @@ class TcpPool:
             "tls": tls_files,
             "connect_timeout": self.connect_timeout,
             "handshake_timeout": handshake_timeout,
+            "start_timeout": self.start_timeout,
             "max_frame_bytes": max_frame_bytes,
         }
         self._base = base
@@ -595,6 +596,7 @@ def tcp_worker_main() -> None:
             connect_timeout=float(cfg["connect_timeout"]),
             handshake_timeout=float(cfg["handshake_timeout"]),
             max_frame_bytes=int(cfg["max_frame_bytes"]),
+            retry_for=float(cfg.get("start_timeout", cfg["connect_timeout"])),  # as long as rank 0 waits
         )
     except Exception as e:  # noqa: BLE001 - reported on stderr, which reaches rank 0's user
         sys.stderr.write(

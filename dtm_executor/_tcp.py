@@ -31,6 +31,7 @@ import errno
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import select
 import selectors
@@ -288,7 +289,9 @@ class _Conn:
     the SSL object is only touched under its own short lock, never while waiting on the socket.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, tls: tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO] | None = None
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.wlock = threading.Lock()
@@ -296,6 +299,8 @@ class _Conn:
         self._tls_lock = threading.Lock()
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
+        if tls is not None:  # a TLS session set up elsewhere (rank 0's accept loop)
+            self._tls, self._in, self._out = tls
         self._wq: collections.deque[memoryview] = collections.deque()
         self.closed = False
 
@@ -539,34 +544,148 @@ def connect(
     connect_timeout: float = 10.0,
     handshake_timeout: float = 10.0,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    retry_for: float = 0.0,
 ) -> TcpChannel:
-    """Connect to rank 0 and authenticate both ways; nothing is unpickled before this returns."""
-    sock = socket.create_connection((host, port), timeout=connect_timeout)
-    tune_socket(sock)
-    conn = _Conn(sock)
-    try:
-        deadline = time.monotonic() + handshake_timeout
-        if tls is not None:
-            conn.start_tls(tls, False, deadline)
-        hs = ClientHandshake(secret, rank)
-        conn.send([memoryview(hs.respond(conn.read_exact(CHALLENGE_SIZE, deadline)))], deadline)
+    """Connect to rank 0 and authenticate both ways; nothing is unpickled before this returns.
+
+    With ``retry_for`` > 0, a connection that rank 0 accepted but dropped before the handshake
+    was complete is made again, with growing pauses, for up to that many seconds: under a flood
+    of connections from strangers rank 0 drops the oldest handshakes in progress, and a worker
+    must not take that for a refusal. A failure to connect at all (nobody listening, no route)
+    and a rank 0 that fails *our* check are reported at once.
+    """
+    end = time.monotonic() + retry_for
+    pause = 0.05
+    while True:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        tune_socket(sock)
+        conn = _Conn(sock)
         try:
-            reply = conn.read_exact(REPLY_SIZE, deadline)
-        except EOFError:
-            raise AuthError("rank 0 refused the connection (wrong key, or rank not expected)") from None
-        hs.check(reply)
-    except BaseException:
-        conn.close()
-        raise
-    return TcpChannel(conn, max_frame_bytes)
+            deadline = time.monotonic() + handshake_timeout
+            if tls is not None:
+                conn.start_tls(tls, False, deadline)
+            hs = ClientHandshake(secret, rank)
+            conn.send([memoryview(hs.respond(conn.read_exact(CHALLENGE_SIZE, deadline)))], deadline)
+            try:
+                reply = conn.read_exact(REPLY_SIZE, deadline)
+            except EOFError:
+                raise _Dropped("rank 0 refused the connection (wrong key, or rank not expected)") from None
+            hs.check(reply)
+        except BaseException as e:
+            conn.close()
+            if not _dropped(e) or time.monotonic() + pause > end:
+                raise
+            log.debug("rank 0 dropped the connection of rank %d during the handshake (%s); trying again",
+                      rank, e)
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+            continue
+        return TcpChannel(conn, max_frame_bytes)
+
+
+class _Dropped(AuthError):
+    """Rank 0 closed the connection before the handshake was complete (refused or evicted)."""
+
+
+def _dropped(e: BaseException) -> bool:
+    """Whether an error during the handshake may be rank 0 dropping us (then trying again helps)."""
+    if isinstance(e, _Dropped):
+        return True
+    if isinstance(e, AuthError):
+        return False  # rank 0 failed our check: never talk to it again
+    if isinstance(e, ssl.SSLError):
+        return isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+    return isinstance(e, (EOFError, ConnectionError, TimeoutError))
+
+
+class _Handshake:
+    """One not yet authenticated connection in rank 0's accept loop (non-blocking, no thread)."""
+
+    __slots__ = ("sock", "addr", "host", "deadline", "server", "tls", "inb", "outb", "wq", "buf", "stage", "rank")
+
+    def __init__(self, sock: socket.socket, addr: Any, deadline: float, server: ServerHandshake) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.host = str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)
+        self.deadline = deadline
+        self.server = server
+        self.tls: ssl.SSLObject | None = None
+        self.inb = ssl.MemoryBIO()
+        self.outb = ssl.MemoryBIO()
+        self.wq: collections.deque[memoryview] = collections.deque()
+        self.buf = bytearray()
+        self.stage = 0  # 0: TLS handshake, 1: waiting for the answer, 2: sending the reply
+        self.rank = -1
+
+
+class _Refusals:
+    """Counts refused connections and logs them at most once per ``interval``.
+
+    The first refusal after a quiet interval is logged at once, with its address and reason;
+    the ones that follow are counted and summarised when the interval ends (and at close), so a
+    flood of thousands of connections costs a few log lines, not one per connection.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.total = 0
+        self._reasons: collections.Counter[str] = collections.Counter()
+        self._hosts: collections.Counter[str] = collections.Counter()
+        self._last = -math.inf
+
+    def add(self, reason: str, addr: Any, host: str) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if not self._reasons and now - self._last >= self.interval:
+            log.warning("refused a connection from %s: %s", _addr_text(addr), reason)
+            self._last = now
+            return
+        self._reasons[reason] += 1
+        self._hosts[host] += 1
+
+    def due(self) -> float | None:
+        """When the pending summary is to be logged (monotonic time), if there is one."""
+        return self._last + self.interval if self._reasons else None
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._reasons or (not force and now - self._last < self.interval):
+            return
+        n = sum(self._reasons.values())
+        reasons = ", ".join(f"{c} {r}" for r, c in self._reasons.most_common(4))
+        if len(self._reasons) > 4:
+            reasons += ", ..."
+        hosts = ", ".join(f"{h} ({c})" for h, c in self._hosts.most_common(3))
+        if len(self._hosts) > 3:
+            hosts += f" and {len(self._hosts) - 3} more hosts"
+        log.warning("refused %d more connection%s in the last %.0f s (%s; %s refused in all) from %s",
+                    n, "" if n == 1 else "s", min(now - self._last, 1e9), reasons, self.total, hosts)
+        self._reasons.clear()
+        self._hosts.clear()
+        self._last = now
+
+
+def _addr_text(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}" if ":" not in str(addr[0]) else f"[{addr[0]}]:{addr[1]}"
+    return str(addr)
+
+
+_ACCEPT = object()
+_EVICTED = "evicted (too many handshakes in progress)"
 
 
 class Listener:
     """Rank 0's listening socket: accepts, authenticates, and hands over connections.
 
-    Handshakes run in threads of their own under a deadline, at most ``max_pending`` at a time,
-    so a slow or silent client delays nobody. Only ranks announced with `expect` are accepted,
-    each once.
+    One thread runs every handshake at once, without blocking on any of them (a slow or silent
+    client delays nobody), each under its own deadline. Connections that answer with anything
+    but the protocol are closed at their first bytes. At most ``max_pending`` handshakes are in
+    progress; when a new connection arrives beyond that, the oldest handshake of the address
+    with the most handshakes in progress is dropped, so a flood from one host never holds up
+    workers on other hosts, and a worker (which answers within milliseconds) gets in even
+    between thousands of connections from its own host. Only ranks announced with `expect` are
+    accepted, each once. Refusals are counted (`refused`) and logged a bounded number of times.
     """
 
     def __init__(
@@ -579,31 +698,39 @@ class Listener:
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        max_pending: int = 32,
+        max_pending: int = 512,
+        log_interval: float = 10.0,
     ) -> None:
         self._secret = _check_secret(secret)
         self._on_auth = on_auth
         self._tls = tls
         self._timeout = handshake_timeout
         self._max_bytes = max_frame_bytes
-        self._max_pending = max_pending
+        self._max_pending = max(1, min(max_pending, _fd_budget()))
         self._lock = threading.Lock()
         self._expected: set[int] = set()
-        self._pending = 0
-        self.refused = 0
+        self._all: dict[_Handshake, None] = {}  # in arrival order, hence in deadline order
+        self._by_host: dict[str, dict[_Handshake, None]] = {}
+        self._refusals = _Refusals(log_interval)
         self._closed = False
         if host in ("", "0.0.0.0"):
             host = "0.0.0.0"
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server(
-            (host, port), family=family, backlog=128,
+            (host, port), family=family, backlog=1024,
             dualstack_ipv6=(host == "::" and socket.has_dualstack_ipv6()),
         )
         self.sock.setblocking(False)
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self._waker = _Waker()
+        self._sel = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._loop, name="dtm-tcp-accept", daemon=True)
         self._thread.start()
+
+    @property
+    def refused(self) -> int:
+        """How many connections were refused so far."""
+        return self._refusals.total
 
     def expect(self, ranks: Sequence[int]) -> None:
         with self._lock:
@@ -613,85 +740,228 @@ class Listener:
         with self._lock:
             self._expected.difference_update(ranks)
 
+    # -- the accept loop (one thread) --------------------------------------------------------
     def _loop(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ, 1)
+        sel = self._sel
+        sel.register(self.sock, selectors.EVENT_READ, _ACCEPT)
         sel.register(self._waker.r, selectors.EVENT_READ, None)
         try:
             while not self._closed:
-                for key, _ in sel.select():
-                    if key.data is None:
+                events = sel.select(self._next_timeout())
+                accept = False
+                for key, mask in events:  # handshakes in progress first: a worker's answer
+                    if key.data is None:   # is never dropped for a newcomer that was waiting
                         self._waker.drain()
-                        continue
-                    try:
-                        s, addr = self.sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError as e:
-                        if self._closed:
-                            return
-                        log.warning("accept() failed: %s", e)
-                        time.sleep(0.05)
-                        continue
-                    with self._lock:
-                        busy = self._pending >= self._max_pending
-                        if not busy:
-                            self._pending += 1
-                    if busy:
-                        self.refused += 1
-                        log.warning("refused a connection from %s: too many handshakes in progress", addr)
-                        s.close()
-                        continue
-                    threading.Thread(target=self._handshake, args=(s, addr), name="dtm-tcp-auth",
-                                     daemon=True).start()
+                    elif key.data is _ACCEPT:
+                        accept = True
+                    else:
+                        self._step(key.data, mask)
+                if accept and not self._closed:
+                    self._accept_some()
+                self._expire()
+                self._refusals.flush()
         except (OSError, ValueError):
             if not self._closed:  # pragma: no cover
                 log.exception("the TCP listener failed")
         finally:
+            for h in list(self._all):
+                self._forget(h)
+                h.sock.close()
+            self._refusals.flush(force=True)
             sel.close()
 
-    def _handshake(self, s: socket.socket, addr: Any) -> None:
-        conn: _Conn | None = None
-        rank = -1
-        try:
-            tune_socket(s)
-            conn = _Conn(s)
-            deadline = time.monotonic() + self._timeout
-            if self._tls is not None:
-                conn.start_tls(self._tls, True, deadline)
-            hs = ServerHandshake(self._secret)
-            conn.send([memoryview(hs.challenge())], deadline)
-            magic = conn.read_exact(len(MAGIC), deadline)
-            if magic != MAGIC:
-                raise AuthError("not a dtm_executor handshake")
-            rank, reply = hs.check(magic + conn.read_exact(RESPONSE_SIZE - len(MAGIC), deadline))
-            with self._lock:
-                if rank not in self._expected:
-                    raise AuthError(f"authenticated, but rank {rank} is not expected")
-                self._expected.discard(rank)
+    def _next_timeout(self) -> float | None:
+        when = [t for t in (self._refusals.due(),) if t is not None]
+        if self._all:
+            when.append(next(iter(self._all)).deadline)
+        if not when:
+            return None
+        return max(0.0, min(when) - time.monotonic()) + 0.001
+
+    def _accept_some(self) -> None:
+        for _ in range(64):  # then serve the handshakes again
             try:
-                conn.send([memoryview(reply)], deadline)
-            except BaseException:
-                with self._lock:
-                    self._expected.add(rank)
-                raise
-            ch = TcpChannel(conn, self._max_bytes)
-        except Exception as e:  # noqa: BLE001 - whatever a stranger sent, refuse and go on
-            self.refused += 1
-            what = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
-            log.warning("refused a connection from %s: %s", addr, what)
-            if conn is not None:
-                conn.close()
+                s, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._all:
+                    self._evict()  # out of descriptors: make room, the connection waits in the backlog
+                    continue
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                self._refusals.add(f"accept() failed: {e}", "(not accepted)", "(not accepted)")
+                time.sleep(0.05)
+                return
+            if len(self._all) >= self._max_pending:
+                self._evict()
+            self._begin(s, addr)
+
+    def _evict(self) -> None:
+        """Drop the oldest handshake of the address with the most handshakes in progress."""
+        host = max(self._by_host, key=lambda k: len(self._by_host[k]))
+        self._refuse(next(iter(self._by_host[host])), _EVICTED)
+
+    def _begin(self, s: socket.socket, addr: Any) -> None:
+        h = _Handshake(s, addr, time.monotonic() + self._timeout, ServerHandshake(self._secret))
+        try:
+            s.setblocking(False)
+            tune_socket(s)
+            self._all[h] = None
+            self._by_host.setdefault(h.host, {})[h] = None
+            self._sel.register(s, selectors.EVENT_READ, h)
+            if self._tls is not None:
+                h.tls = self._tls.wrap_bio(h.inb, h.outb, server_side=True)
+                self._tls_progress(h)
             else:
-                s.close()
+                h.stage = 1
+                self._out(h, h.server.challenge())
+            self._rearm(h)
+        except Exception as e:  # noqa: BLE001 - whatever happened, refuse and go on
+            self._refuse(h, _reason(e))
+
+    def _step(self, h: _Handshake, mask: int) -> None:
+        if h not in self._all:
+            return  # refused earlier in this round
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(h)
+            if mask & selectors.EVENT_READ:
+                self._read(h)
+            if h.stage == 2 and not h.wq:
+                self._hand_over(h)
+            else:
+                self._rearm(h)
+        except Exception as e:  # noqa: BLE001 - whatever a stranger sent, refuse and go on
+            self._refuse(h, _reason(e))
+
+    def _read(self, h: _Handshake) -> None:
+        if h.stage == 2:  # nothing more is expected before the reply is out
+            if h.sock.recv(1, socket.MSG_PEEK) == b"":
+                raise EOFError("connection closed")
             return
-        finally:
-            with self._lock:
-                self._pending -= 1
+        if h.tls is None:
+            data = h.sock.recv(RESPONSE_SIZE - len(h.buf))  # never past the answer
+            if not data:
+                raise EOFError("connection closed")
+            h.buf += data
+        else:
+            data = h.sock.recv(1 << 16)
+            if not data:
+                raise EOFError("connection closed")
+            h.inb.write(data)
+            if h.stage == 0:
+                self._tls_progress(h)
+            if h.stage == 1:
+                try:
+                    h.buf += h.tls.read(RESPONSE_SIZE - len(h.buf))
+                except ssl.SSLWantReadError:
+                    pass
+                self._collect(h)
+        if h.stage == 1:
+            self._check(h)
+
+    def _check(self, h: _Handshake) -> None:
+        n = min(len(h.buf), len(MAGIC))
+        if h.buf[:n] != MAGIC[:n]:
+            raise AuthError("not a dtm_executor handshake")
+        if len(h.buf) < RESPONSE_SIZE:
+            return
+        rank, reply = h.server.check(bytes(h.buf))
+        with self._lock:
+            if rank not in self._expected:
+                raise AuthError(f"authenticated, but rank {rank} is not expected")
+            self._expected.discard(rank)
+        h.rank = rank
+        h.stage = 2  # from here on a failure gives the rank back (see _refuse)
+        self._out(h, reply)
+
+    def _tls_progress(self, h: _Handshake) -> None:
+        assert h.tls is not None
+        try:
+            h.tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        self._collect(h)
+        if done:
+            h.stage = 1
+            self._out(h, h.server.challenge())
+        else:
+            self._flush(h)
+
+    def _out(self, h: _Handshake, data: bytes) -> None:
+        if h.tls is not None:
+            h.tls.write(data)
+            self._collect(h)
+        else:
+            h.wq.append(memoryview(data))
+        self._flush(h)
+
+    def _collect(self, h: _Handshake) -> None:
+        data = h.outb.read()
+        if data:
+            h.wq.append(memoryview(data))
+
+    def _flush(self, h: _Handshake) -> None:
+        while h.wq:
+            try:
+                sent = h.sock.send(h.wq[0])
+            except BlockingIOError:
+                return
+            if sent >= h.wq[0].nbytes:
+                h.wq.popleft()
+            else:
+                h.wq[0] = h.wq[0][sent:]
+
+    def _rearm(self, h: _Handshake) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if h.wq else 0)
+        if self._sel.get_key(h.sock).events != events:
+            self._sel.modify(h.sock, events, h)
+
+    def _hand_over(self, h: _Handshake) -> None:
+        self._forget(h)
+        conn = _Conn(h.sock, tls=(h.tls, h.inb, h.outb) if h.tls is not None else None)
+        ch = TcpChannel(conn, self._max_bytes)
         if self._closed:
             ch.close()
             return
-        self._on_auth(rank, ch, addr)
+        try:
+            self._on_auth(h.rank, ch, h.addr)
+        except Exception:  # noqa: BLE001 - the pool's problem, but the listener must go on
+            log.exception("handing over the connection of rank %d failed", h.rank)
+            ch.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._all:
+            h = next(iter(self._all))
+            if h.deadline > now:
+                return
+            self._refuse(h, "timed out")
+
+    def _forget(self, h: _Handshake) -> None:
+        self._all.pop(h, None)
+        peers = self._by_host.get(h.host)
+        if peers is not None:
+            peers.pop(h, None)
+            if not peers:
+                del self._by_host[h.host]
+        try:
+            self._sel.unregister(h.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _refuse(self, h: _Handshake, reason: str) -> None:
+        self._forget(h)
+        if h.stage == 2:  # authenticated, but the reply could not be delivered
+            with self._lock:
+                self._expected.add(h.rank)
+        try:
+            h.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        self._refusals.add(reason, h.addr, h.host)
 
     def close(self) -> None:
         self._closed = True
@@ -702,6 +972,31 @@ class Listener:
         except OSError:  # pragma: no cover
             pass
         self._waker.close()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, AuthError):
+        return str(e)
+    if isinstance(e, EOFError):
+        return "closed by the peer during the handshake"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS: {e.reason or e}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _fd_budget() -> int:
+    """How many handshakes may hold a file descriptor at once: a quarter of this process's."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return 256
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 4096
+    return max(16, soft // 4)
 
 
 # -- transports --------------------------------------------------------------------------------
