@@ -42,25 +42,27 @@ import tempfile
 import textwrap
 import threading
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from time import perf_counter
 from typing import Any, Callable, Iterator
 
-try:  # optional: the transfer and deap cases need them (``pip install dtm_executor[bench]``)
-    import numpy as np
-except ImportError:  # pragma: no cover
-    np = None  # type: ignore[assignment]
+# numpy and DEAP are imported only by the cases that use them (transfer, deap), and by their
+# workers: a big heap makes every full run of the cyclic garbage collector slower, for every
+# executor alike, and would blur the per-task costs measured by the flat cases.
+_DEAP_ENV = "DTM_BENCH_DEAP"  # set by the driver for the deap case; workers inherit it
+creator: Any = None
+if os.environ.get(_DEAP_ENV):
+    try:  # optional (``pip install dtm_executor[bench]``)
+        from deap import algorithms, base, creator, tools
 
-try:
-    from deap import algorithms, base, creator, tools
-
-    # Module level, so worker processes (which import this script as their main module) have them.
-    if not hasattr(creator, "BenchFitnessMax"):
-        creator.create("BenchFitnessMax", base.Fitness, weights=(1.0,))
-        creator.create("BenchIndividual", list, fitness=creator.BenchFitnessMax)
-except ImportError:  # pragma: no cover
-    creator = None  # type: ignore[assignment]
+        # Module level, so worker processes (which import this script as their main module) have them.
+        if not hasattr(creator, "BenchFitnessMax"):
+            creator.create("BenchFitnessMax", base.Fitness, weights=(1.0,))
+            creator.create("BenchIndividual", list, fitness=creator.BenchFitnessMax)
+    except ImportError:  # pragma: no cover
+        creator = None
 
 WORKERS = 2
 NOISY = 0.5  # cores busy with other processes above which a timing says more about the machine
@@ -86,6 +88,28 @@ def noop(x: Any) -> Any:
 
 def inc(x: int) -> int:
     return x + 1
+
+
+#: repetitions of the short flat measurements (submit, map) in one process: their median is
+#: reported (one measurement of 10-100 ms moves by tens of per cent on a shared machine)
+REPS = 5
+REPS_BUDGET = 3.0  # ... but no more repetitions once this many seconds were spent on one setting
+
+
+def _fresh_copies(fn: Callable[..., Any], k: int) -> list[Callable[..., Any]]:
+    """``k`` module-level copies of ``fn`` (``inc_0``, ``inc_1``...): each is new to DTMExecutor's
+    map chunk sizer, which remembers per function, so repeated measurements all start cold.
+    Module attributes, so they travel by reference (workers import this script)."""
+    out = []
+    for i in range(k):
+        name = f"{fn.__name__}_{i}"
+        f = globals().get(name)
+        if f is None:
+            f = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+            f.__qualname__ = name
+            globals()[name] = f
+        out.append(f)
+    return out
 
 
 def busy(seconds: float) -> None:
@@ -138,6 +162,9 @@ def eval_onemax_free(individual: list[int]) -> tuple[float]:
     """The same evaluation without its cost: times the GA's own serial work (selection, cloning,
     variation), which no executor can spread (Amdahl)."""
     return (float(sum(individual)),)
+
+
+INC_COPIES = _fresh_copies(inc, REPS)
 
 
 # -- the executors, behind one small interface ---------------------------------------------
@@ -424,22 +451,47 @@ def _submit_n(quick: bool) -> int:
     return 500 if quick else 5000
 
 
+def _repeat(measure: Callable[[int], timed], reps: int) -> tuple[list[float], list[float]]:
+    """Run ``measure(i)`` up to ``reps`` times (fewer once `REPS_BUDGET` seconds are spent):
+    (walls, others)."""
+    walls: list[float] = []
+    others: list[float] = []
+    spent = 0.0
+    for i in range(reps):
+        t = measure(i)
+        walls.append(t.wall)
+        others.append(t.others)
+        spent += t.wall
+        if spent > REPS_BUDGET:
+            break
+    return walls, others
+
+
 def measure_submit(key: str, quick: bool) -> dict[str, Any]:
     n = _submit_n(quick)
     with make_executor(key) as ex:
         warm(ex)
-        with timed() as t:
-            futs = [ex.submit(noop, i) for i in range(n)]
-            total = sum(f.result() for f in futs)
-    assert total == n * (n - 1) // 2
-    return {"rate": n / t.wall, "others": t.others}
+
+        def once(_: int) -> timed:
+            with timed() as t:
+                futs = [ex.submit(noop, i) for i in range(n)]
+                total = sum(f.result() for f in futs)
+            assert total == n * (n - 1) // 2
+            return t
+
+        walls, others = _repeat(once, 1 if quick else REPS)
+    rates = [n / w for w in walls]
+    return {"rate": _median(rates), "rates": rates, "others": _median(others)}
 
 
 def rows_submit(results: Results, quick: bool) -> list[Row]:
     n = _submit_n(quick)
+    spread = "; ".join(f"{LABEL[k]} " + ", ".join(_fmt_rate(v) for v in r["rates"])
+                       for k, r in results.items() if "rates" in r)
     return [make_row(f"{n:,} x submit(no-op) + result", _ours(results, "rate"), _vals(results, "rate"),
                      "tasks/s", ">= 1.2x mp.Pool", lambda r: r.ratio >= 1.2,
-                     notes=["mp.Pool: apply_async + get", *_error_notes(results)],
+                     notes=["mp.Pool: apply_async + get; median of the repetitions in one process: " + spread,
+                            *_error_notes(results)],
                      others=_others(results))]
 
 
@@ -463,18 +515,25 @@ def _map_n(quick: bool) -> int:
 def measure_map(key: str, quick: bool) -> dict[str, Any]:
     n = _map_n(quick)
     expect = n * (n + 1) // 2
-    out: dict[str, Any] = {"by_chunksize": {}, "others_by": {}}
+    out: dict[str, Any] = {"by_chunksize": {}, "others_by": {}, "reps_by": {}}
     with make_executor(key) as ex:
         warm(ex)
         for c in _map_sizes(key, n, quick):
-            with timed() as t:
-                total = sum(ex_map(key, ex, inc, range(n), c))
-            assert total == expect
+
+            def once(i: int, c: int | None = c) -> timed:
+                with timed() as t:  # a function new to the executor each time (cold chunk sizer)
+                    total = sum(ex_map(key, ex, INC_COPIES[i], range(n), c))
+                assert total == expect
+                return t
+
+            walls, others = _repeat(once, 1 if quick else REPS)
             label = "default" if c is None else str(c)
-            out["by_chunksize"][label] = n / t.wall
-            out["others_by"][label] = t.others
+            out["by_chunksize"][label] = n / _median(walls)
+            out["others_by"][label] = _median(others)
+            out["reps_by"][label] = [n / w for w in walls]
     by = out["by_chunksize"]
     out["default"] = by["default"]
+    out["default_reps"] = out["reps_by"]["default"]
     best = max(by, key=lambda c: by[c])
     out["best"], out["best_chunksize"] = by[best], best
     out["others"] = out["others_by"]["default"]
@@ -495,7 +554,10 @@ def rows_map(results: Results, quick: bool) -> list[Row]:
     return [
         make_row(f"map {n:,} trivial, default chunking", _ours(results, "default"),
                  _vals(results, "default"), "items/s", ">= 1.2x mp.Pool", lambda r: r.ratio >= 1.2,
-                 notes=[f"defaults: {', '.join(f'{LABEL[k]} {default_chunking(k)}' for k in results)}",
+                 notes=[f"defaults: {', '.join(f'{LABEL[k]} {default_chunking(k)}' for k in results)}; "
+                        "median of the repetitions in one process (each with a function new to the executor): "
+                        + "; ".join(f"{LABEL[k]} " + ", ".join(_fmt_rate(v) for v in r["default_reps"])
+                                    for k, r in ok.items()),
                         *_error_notes(results)],
                  others=_others(results)),
         make_row(f"map {n:,} trivial, best chunksize tried", _ours(results, "best"),
@@ -594,7 +656,9 @@ def _trips(quick: bool) -> int:
 
 
 def measure_transfer(key: str, quick: bool) -> dict[str, Any]:
-    if np is None:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
         return {"error": "numpy missing"}
     trips = _trips(quick)
     nbytes = 25_000_000
@@ -974,6 +1038,8 @@ def _run_one(name: str, key: str, quick: bool, timeout: float,
         return {"error": why}
     cmd = [sys.executable, os.path.abspath(__file__), "--case", name, "--executor", key]
     cmd += ["--quick"] if quick else []
+    if name == "deap":  # this script imports DEAP (here and in the workers) only for that case
+        env = dict(os.environ if env is None else env, **{_DEAP_ENV: "1"})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         out, _ = proc.communicate(timeout=timeout)
