@@ -1,6 +1,7 @@
 """Where the CPU goes on flat workloads: CPU time per task, per thread, for every process.
 
-Runs one workload (``submit``: n no-op submits then every result; ``map``: ``map(inc,
+Runs one workload (``submit``: n no-op submits then every result; ``latency``: n no-op round trips one at a
+time; ``map``: ``map(inc,
 range(n))`` with the executor's default chunking; ``makespan``: the 400 exponential tasks of
 bench.py) on one executor (``dtm``, ``pool``, ``ppe``, ``loky``; 2 workers, warmed), and reads
 ``/proc/<pid>/task/<tid>/schedstat`` of every thread of this process and its workers before and
@@ -112,6 +113,13 @@ def run(key: str, workload: str, n: int) -> None:
             it = ex.map(inc, range(n))
             t_sub = time.perf_counter() - t0
             assert sum(it) == n * (n + 1) // 2
+        elif workload == "latency":  # one task at a time: the round trip of submit -> result
+            lat = []
+            for i in range(n):
+                a = time.perf_counter()
+                ex.submit(noop, i).result()
+                lat.append(time.perf_counter() - a)
+            t_sub = 0.0
         elif workload == "makespan":
             rng = random.Random(12345)
             durs = [rng.expovariate(1 / 0.010) for _ in range(n)]
@@ -129,6 +137,10 @@ def run(key: str, workload: str, n: int) -> None:
           f"{t_sub:.3f} s ({t_sub / n * 1e6:.2f} us per item)")
     print(f"  parent's cyclic GC: {sum(gc_time) * 1e3:.1f} ms = {sum(gc_time) / n * 1e6:.2f} us per item "
           f"(collections by generation {gc_count}, ms {[round(t * 1e3, 1) for t in gc_time]})")
+    if workload == "latency":
+        lat.sort()
+        print(f"  round trip: median {lat[n // 2] * 1e6:.0f} us, 10% {lat[n // 10] * 1e6:.0f} us, "
+              f"90% {lat[9 * n // 10] * 1e6:.0f} us, 99% {lat[99 * n // 100] * 1e6:.0f} us")
     if workload == "makespan":
         lb = max(sum(measured) / WORKERS, max(measured))
         print(f"  makespan/LB {wall / lb:.3f} (LB {lb:.3f} s)")
@@ -151,10 +163,10 @@ def run(key: str, workload: str, n: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("executor", choices=["dtm", "pool", "ppe", "loky"])
-    p.add_argument("workload", choices=["submit", "map", "makespan"])
+    p.add_argument("workload", choices=["submit", "map", "makespan", "latency"])
     p.add_argument("--n", type=int, default=0, help="items (default: submit 20000, map 100000, makespan 400)")
     args = p.parse_args()
-    n = args.n or {"submit": 20000, "map": 100000, "makespan": 400}[args.workload]
+    n = args.n or {"submit": 20000, "map": 100000, "makespan": 400, "latency": 2000}[args.workload]
     run(args.executor, args.workload, n)
 
 
