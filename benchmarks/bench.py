@@ -1114,8 +1114,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=0.0,
                    help="seconds allowed per case and executor (default 60 with --quick, else 180)")
     p.add_argument("--keep-env-bytecode", action="store_true",
-                   help="keep PYTHONDONTWRITEBYTECODE if the environment sets it (then an editable "
-                        "install of dtm_executor is compiled from source by every process)")
+                   help="keep PYTHONDONTWRITEBYTECODE if the environment sets it: an editable install "
+                        "of dtm_executor that has no .pyc files yet is then compiled from source by every "
+                        "process (.pyc files written by an earlier run are still used; the import case "
+                        "always reports the from-source cost)")
     p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: measure one case here
     p.add_argument("--executor", default="", help=argparse.SUPPRESS)  # ... with this executor
     args = p.parse_args(argv)
