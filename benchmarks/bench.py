@@ -16,9 +16,9 @@ and the run goes on; so are numpy (transfer) and DEAP (deap).
 The machine this was written on is shared: each case also reports how many cores *other*
 processes kept busy while it was timed, so a slow number can be told from a busy machine.
 
-    .venv/bin/python benchmarks/bench.py                 # everything once (about 4 minutes)
+    .venv/bin/python benchmarks/bench.py                 # everything once (about 2.5 minutes)
     .venv/bin/python benchmarks/bench.py --repeat 3      # medians of 3 interleaved runs + spread
-    .venv/bin/python benchmarks/bench.py --quick         # small sizes: a smoke run
+    .venv/bin/python benchmarks/bench.py --quick         # small sizes: a smoke run (~30 s)
     .venv/bin/python benchmarks/bench.py --only submit,map --executors dtm,pool --json out.json
 
 Cases: submit, map, makespan, efficiency, startup, import, deap, tree, transfer.
