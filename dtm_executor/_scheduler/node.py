@@ -23,7 +23,7 @@ from .._log import Every, brief_exc, brief_repr
 from .._serial import SerializationError
 from .hub import Hub
 from .ports import Wire
-from .protocol import Kind, MovedEntry, ResultEntry, TaskDesc, TaskKind
+from .protocol import Kind, TaskKind, read_desc, read_moved, read_result
 from .results import failure_entries, unpack_outcome
 from .task import Task
 from .worker import Worker
@@ -172,7 +172,7 @@ class Node:
             return
         err = SerializationError(f"a message to rank {dest} could not be sent: {type(exc).__name__}: {exc}")
         if msg[0] == Kind.TASKS:
-            for desc in map(TaskDesc._make, msg[1]):
+            for desc in map(read_desc, msg[1]):
                 if desc.owner == self.rank:
                     with self.owned_lock:
                         task = self.owned.pop(desc.tid, None)
@@ -188,7 +188,7 @@ class Node:
             elif not msg[2]:
                 self.send(0, (int(Kind.NOWORK), dest))
         elif msg[0] == Kind.RESULTS:
-            tids = [ResultEntry._make(e).tid for e in msg[1]]
+            tids = [read_result(e).tid for e in msg[1]]
             self.send(dest, (int(Kind.RESULTS), failure_entries(tids, err)))
 
     def flush_sends(self, timeout: float = 5.0) -> None:
@@ -415,7 +415,7 @@ class Node:
         """``src`` handed tasks we own on to another rank: remember the newest location."""
         gone: dict[int, list[Task]] = {}
         with self.owned_lock:
-            for e in map(MovedEntry._make, entries):
+            for e in map(read_moved, entries):
                 t = self.owned.get(e.tid)
                 if t is None or t.attempt != e.attempt or e.hop <= t.hop:
                     continue  # settled, re-queued since, or older news
@@ -474,17 +474,18 @@ class Node:
     # -- results -------------------------------------------------------------------------
     def on_results(self, src: int, entries: list[tuple[Any, ...]], frames: list[Any]) -> None:
         pos = 1
-        for e in map(ResultEntry._make, entries):
-            bufs = frames[pos : pos + e.nbufs]
-            pos += e.nbufs
+        # a ResultEntry, field by field (by position, as in `Worker.on_tasks`)
+        for tid, code, data, nbufs, dur in entries:
+            bufs = frames[pos : pos + nbufs]
+            pos += nbufs
             with self.owned_lock:
-                task = self.owned.pop(e.tid, None)
+                task = self.owned.pop(tid, None)
             if task is None:
                 continue  # already settled (a retried task answered twice)
             if self.hub is not None and task.depth == 0:
                 self.hub.settled(task)
-            ok, value = unpack_outcome(task, e.code, e.data, bufs, self.rank)
-            self.finish(task, ok, value, e.dur)
+            ok, value = unpack_outcome(task, code, data, bufs, self.rank)
+            self.finish(task, ok, value, dur)
         if self.worker is not None:
             self.worker.wake()
 

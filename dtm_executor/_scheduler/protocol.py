@@ -3,13 +3,14 @@
 A leaf (imports nothing from the package). On the wire everything stays plain ints and tuples:
 an IntEnum or NamedTuple *instance* would be pickled by class reference, bigger and slower. So
 senders write ``int(Kind.X)`` and the tuple forms below, receivers compare ints with the enums
-(``kind == Kind.TASKS`` holds for the int) and name record fields again with ``Record._make``.
+(``kind == Kind.TASKS`` holds for the int) and name record fields again (`read_desc`...).
 """
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 
 class Kind(IntEnum):
@@ -63,7 +64,8 @@ class HubState(IntEnum):
 
 class TaskDesc(NamedTuple):
     """A task travelling to the rank that will run it (in TASKS). Built only by
-    `Task.wire_desc`; its ``nbufs`` buffers follow in the message's frames."""
+    `Task.wire_desc`, read with `read_desc`; its ``nbufs`` buffers follow in the message's
+    frames."""
 
     owner: int  #: the rank holding its future
     tid: int  #: its id on the owner
@@ -104,3 +106,10 @@ class MovedEntry(NamedTuple):
     @staticmethod
     def wire(tid: int, dest: int, attempt: int, hop: int) -> tuple[Any, ...]:
         return (tid, dest, attempt, hop)
+
+
+# Receivers name the fields of a wire tuple with these: ``Record._make`` without its length check,
+# called from C (they run for every task and result received).
+read_desc: Callable[[tuple[Any, ...]], TaskDesc] = functools.partial(tuple.__new__, TaskDesc)
+read_result: Callable[[tuple[Any, ...]], ResultEntry] = functools.partial(tuple.__new__, ResultEntry)
+read_moved: Callable[[tuple[Any, ...]], MovedEntry] = functools.partial(tuple.__new__, MovedEntry)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .. import _serial
 from .._futures import DTMFuture
-from .protocol import TaskDesc, TaskState
+from .protocol import TaskState
 
 _QUEUED = TaskState.QUEUED  # a module global: an Enum attribute costs ~0.1 µs on Python 3.11
 
@@ -20,7 +20,11 @@ class Task:
         "suspect",
     )
 
-    def __init__(self, owner: int, tid: int, kind: int, depth: int) -> None:
+    def __init__(
+        self, owner: int, tid: int, kind: int, depth: int, fid: Any = None, fnblob: bytes = b"",
+        blob: Any = None, bufs: Any = (), parent: tuple[int, int] | None = None, attempt: int = 0,
+        hop: int = 0,
+    ) -> None:
         self.owner = owner
         self.tid = tid
         self.kind = kind
@@ -28,44 +32,31 @@ class Task:
         self.fn: Any = None
         self.args: Any = None
         self.kwargs: Any = None
-        self.fid: Any = None
-        self.fnblob = b""  # the pickled function, once known
-        self.blob: Any = None
-        self.bufs: Any = ()
+        self.fid = fid
+        self.fnblob = fnblob  # the pickled function, once known
+        self.blob = blob
+        self.bufs = bufs
         self.future: DTMFuture | None = None
         self.state = _QUEUED
         self.home: Any = None  # the Worker whose queues hold it (see `_futures.cancel_future`)
         self.where = -1  # rank the task was sent to, for owned tasks
         self.retries = 0  # workers that died while (possibly) running it: the poison-task count
-        self.parent: tuple[int, int] | None = None  # (owner, tid) of the submitting task
+        self.parent = parent  # (owner, tid) of the submitting task
         # Where the task is, as its owner knows it (see "Where every task is" in docs/design.md):
         # ``attempt`` grows each time the owner re-queues it after a loss, so that news about an
         # older attempt is ignored; ``hop`` counts hand-overs within an attempt, so that the
         # owner keeps the newest of MOVED notices that may arrive out of order.
-        self.attempt = 0
-        self.hop = 0
+        self.attempt = attempt
+        self.hop = hop
         self.ran_on = -1  # rank that confirmed (START) it is running this attempt
-        self.suspect = False  # it was on a worker that died: runs only after telling its owner
+        # it was on a worker that died: runs only after telling its owner
+        self.suspect = attempt > 0
 
     def wire_desc(self, fnblob: bytes | None, attempt: int, hop: int) -> tuple[Any, ...]:
         """This task as a `TaskDesc`, in the plain tuple form that travels (fields in
         `TaskDesc`'s order). ``fnblob``: the function's bytes, or None if the receiver has them."""
         return (self.owner, self.tid, self.fid, fnblob, self.blob, len(self.bufs), self.depth,
                 int(self.kind), self.parent, attempt, hop)
-
-    @classmethod
-    def from_desc(cls, d: TaskDesc, fnblob: bytes, bufs: Any) -> Task:
-        """A task received from another rank (not unpickled yet: see `Worker._materialize`)."""
-        t = cls(d.owner, d.tid, d.kind, d.depth)
-        t.parent = d.parent
-        t.attempt = d.attempt
-        t.hop = d.hop
-        t.suspect = d.attempt > 0
-        t.fid = d.fid
-        t.fnblob = fnblob
-        t.blob = d.blob
-        t.bufs = bufs
-        return t
 
     def fn_label(self) -> str:
         """The function's name; read from its pickle when it is not (or cannot be) unpickled."""
