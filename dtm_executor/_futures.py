@@ -5,6 +5,10 @@ on one (``result``, ``exception``, or the standard ``wait``/``as_completed``, wh
 event installed through ``Future._waiters``), the wait is routed to the worker's scheduler, which
 runs the awaited child inline if it is still queued locally (Cilk style) or lends the worker to
 other tasks meanwhile. Outside tasks, they behave exactly like standard futures.
+
+Also the moves of a future through its states that the scheduler and the map/DTM layers share
+(`settle`, `set_running`, `notify_cancelled`, `cancel_future`). A leaf: imports only the standard
+library.
 """
 
 from __future__ import annotations

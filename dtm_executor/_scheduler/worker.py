@@ -59,7 +59,7 @@ class FunctionStats:
         st[1] += 1
         st[2] += dur
         st[3] += n
-        return st[0]  # type: ignore[no-any-return]
+        return st[0]
 
     def _row(self, key: Any, task: Task) -> list[Any]:
         name = task.fn_label()
