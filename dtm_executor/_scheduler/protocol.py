@@ -2,8 +2,10 @@
 
 A leaf (imports nothing from the package). On the wire everything stays plain ints and tuples:
 an IntEnum or NamedTuple *instance* would be pickled by class reference, bigger and slower. So
-senders write ``int(Kind.X)`` and the tuple forms below, receivers compare ints with the enums
-(``kind == Kind.TASKS`` holds for the int) and name record fields again (`read_desc`...).
+senders write ``int(Kind.X)`` and the tuple forms built here or by `Task.wire_desc`; receivers
+compare ints with the enums (``kind == Kind.TASKS`` holds for the int) and read records under
+their field names: with `read_desc`..., or, where it runs for every task, by unpacking into
+variables of those names (tests/test_scheduler_protocol.py checks both).
 """
 
 from __future__ import annotations

@@ -45,23 +45,14 @@ class FunctionStats:
 
     def __init__(self) -> None:
         self.rows: dict[str, list[Any]] = {}
-        self._by_key: dict[Any, list[Any]] = {}  # recent function keys -> their row
+        #: recent function keys -> their row (`Worker._execute` counts into it; a miss: `new_row`)
+        self.by_key: dict[Any, list[Any]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, task: Task, dur: float, n: int) -> str:
-        """Count one run of ``task`` (``n`` items); returns the row's name."""
-        key = task.fid if task.fid is not None else id(getattr(task.fn, "__code__", task.fn))
-        st = self._by_key.get(key)
-        if st is None:
-            st = self._row(key, task)
-        st[1] += 1
-        st[2] += dur
-        st[3] += n
-        return st[0]
-
-    def _row(self, key: Any, task: Task) -> list[Any]:
+    def new_row(self, key: Any, task: Task) -> list[Any]:
+        """The row of ``task``'s function, first seen under ``key``."""
         name = task.fn_label()
         st = self.rows.get(name)
         if st is None:
@@ -70,9 +61,9 @@ class FunctionStats:
                 st = self.rows.get(name)
             if st is None:
                 st = self.rows[name] = [name, 0, 0.0, 0]
-        if len(self._by_key) >= 4096:
-            self._by_key.clear()
-        self._by_key[key] = st
+        if len(self.by_key) >= 4096:
+            self.by_key.clear()
+        self.by_key[key] = st
         return st
 
     def by_name(self) -> dict[str, list[Any]]:
@@ -195,13 +186,15 @@ class Worker:
                 if self.token is None and not self.resumable:
                     task = self._pop_locked()
                     if task is not None:
-                        self._take_token_locked(me)
+                        self.token = me  # as _take_token_locked (inline: this loop runs per task)
+                        self._tok_t = _perf()
                         cv.release()
                         try:
                             self._execute(task)
                         finally:
                             cv.acquire()
-                        self._drop_token_locked()
+                        self.token = None  # as _drop_token_locked
+                        self.busy_time += _perf() - self._tok_t
                         if self.resumable:
                             cv.notify_all()
                         continue
@@ -534,9 +527,15 @@ class Worker:
         # statistics, and the duration estimate: ``want`` = tasks to ask for to cover ~2 ms
         self.tasks_run += 1
         n = len(task.args[0]) if task.kind == CHUNK and ok else 1
-        name = self.fn_stats.add(task, dur, n)
+        key = task.fid if task.fid is not None else id(getattr(task.fn, "__code__", task.fn))
+        st = self.fn_stats.by_key.get(key)
+        if st is None:
+            st = self.fn_stats.new_row(key, task)
+        st[1] += 1
+        st[2] += dur
+        st[3] += n
         if tracing and self.node.trace is not None:
-            self.node.trace.append(("task", wall0, dur, task.owner, task.tid, task.parent, name,
+            self.node.trace.append(("task", wall0, dur, task.owner, task.tid, task.parent, st[0],
                                     threading.current_thread().name, ok, n, len(stack)))
         per = dur / max(1, n)
         self.dur = per * n if self.dur is None else 0.8 * self.dur + 0.2 * dur
@@ -592,7 +591,10 @@ class Worker:
         # valid on every rank or on none: what could not have come back from another rank
         # fails here too (a top-level task of rank 0, a child run by its submitter)
         ok, value = _serial.as_if_moved(task.label, self.rank, task.kind == CHUNK, ok, value)
-        node.settle_owned(orig, ok, value, dur)
+        if orig.depth:  # a nested task (the common case here): nothing to count at the hub
+            node.finish(orig, ok, value, dur)
+        else:
+            node.settle_owned(orig, ok, value, dur)
         self.wake()
 
     def flush_results(self) -> None:
