@@ -14,17 +14,15 @@ from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 
-from . import _local, _map, _options, _runtime, _serial
+from . import _local, _map, _options, _serial
 from ._control import ControlMixin
+from ._errors import BrokenDTMExecutor
 from ._futures import executing_worker
-from ._runtime import CALL, CHUNK, SHUTDOWN, Node
+from ._scheduler import Hub, Kind, Node, TaskKind, Worker
 
 log = logging.getLogger("dtm_executor")
 
 T = TypeVar("T")
-
-
-BrokenDTMExecutor = _runtime.BrokenDTMExecutor
 
 _live: "weakref.WeakSet[DTMExecutor]" = weakref.WeakSet()
 _last_created: list[weakref.ReferenceType[DTMExecutor]] = []
@@ -146,7 +144,7 @@ class DTMExecutor(ControlMixin, Executor):
         self._max_workers = len(self._pool.workers)
         self._node = node
         assert node.hub is not None
-        self._hub: _runtime.Hub = node.hub
+        self._hub: Hub = node.hub
         node.on_lost = functools.partial(_on_worker_lost, node, self._pool)  # no ref to self
         node.max_retries = max_retries
         node.on_start_failed = getattr(self._pool, "stop_replacing", None)
@@ -172,7 +170,7 @@ class DTMExecutor(ControlMixin, Executor):
         if self._nested:
             return self._worker.submit(fn, args, kwargs)  # type: ignore[return-value]
         self._check_open()
-        task, fut = self._hub.make_task(fn, (args, kwargs), CALL)
+        task, fut = self._hub.make_task(fn, (args, kwargs), TaskKind.CALL)
         self._hub.submit(task)
         return fut  # type: ignore[return-value]
 
@@ -227,7 +225,7 @@ class DTMExecutor(ControlMixin, Executor):
         with self._shutdown_lock:
             self._shutdown = True
         self._hub.cancel_pending()
-        self._node._fail_all(BrokenDTMExecutor(f"the executor was stopped: {why}"))
+        self._node.fail_all(BrokenDTMExecutor(f"the executor was stopped: {why}"))
         _teardown(self._node, self._pool, grace=0.0)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -258,8 +256,8 @@ class DTMExecutor(ControlMixin, Executor):
         """``pin``: one list per map call, so that all its chunks carry ``fn`` as pickled with the
         first one, at the call (not as it is when a later chunk is submitted)."""
         if self._nested:
-            return self._worker.submit(fn, (items, star), {}, kind=CHUNK)
-        task, fut = self._hub.make_task(fn, ((items, star), {}), CHUNK, pin[0] if pin else None)
+            return self._worker.submit(fn, (items, star), {}, kind=TaskKind.CHUNK)
+        task, fut = self._hub.make_task(fn, ((items, star), {}), TaskKind.CHUNK, pin[0] if pin else None)
         if pin is not None and not pin:
             pin.append((task.fid, task.fnblob))
         self._hub.submit(task)
@@ -381,11 +379,7 @@ _active: dict[int, tuple[Node, Any]] = {}
 
 def _drain(node: Node) -> None:
     """Wait until every top-level task has settled (or the pool broke or stopped)."""
-    hub = node.hub
-    assert hub is not None
-    with hub.lock:
-        while hub.outstanding > 0 and node.broken is None and not node.closed:
-            hub.all_done.wait(0.5)
+    node.wait_settled()
 
 
 def _drain_in_background(node: Node, pool: Any) -> None:
@@ -419,7 +413,7 @@ def _teardown_locked(node: Node, pool: Any, grace: float, report_timeout: float)
     node.stopping = True  # workers closing their connections now is not a failure
     for w in remote:
         try:
-            node.send(w, (SHUTDOWN,))
+            node.send(w, (int(Kind.SHUTDOWN),))
         except Exception:  # noqa: BLE001
             pass
     reports = node.collect_reports(remote, report_timeout) if report_timeout > 0 else {}
@@ -432,13 +426,13 @@ def _teardown_locked(node: Node, pool: Any, grace: float, report_timeout: float)
     return reports
 
 
-def _nested_handle(worker: _runtime.Worker) -> DTMExecutor:
+def _nested_handle(worker: Worker) -> DTMExecutor:
     h = getattr(worker, "_handle", None)
     if h is None:
         h = object.__new__(DTMExecutor)
         h._nested = True
         h._worker = worker  # type: ignore[attr-defined]
-        h._node = worker.node
+        h._node = worker.node  # type: ignore[assignment]  # a Node, seen by the worker as NodeServices
         h._max_workers = len(worker.node.workers)
         h._shutdown = False
         worker._handle = h  # type: ignore[attr-defined]
@@ -467,7 +461,7 @@ def _at_exit() -> None:
     for node, pool in list(_active.values()):
         try:
             if interrupted:
-                node._fail_all(BrokenDTMExecutor("the program was interrupted (KeyboardInterrupt)"))
+                node.fail_all(BrokenDTMExecutor("the program was interrupted (KeyboardInterrupt)"))
                 _teardown(node, pool, grace=0.0)
             else:  # like the stdlib: finish submitted work first
                 _drain(node)

@@ -291,9 +291,9 @@ def worker_main() -> None:
         os._exit(0)
 
     def report(text: str) -> None:
-        from . import _runtime
+        from ._scheduler import Kind
 
-        ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
+        ch.send(0, [pickle.dumps((int(Kind.INITFAIL), text))])
 
     serve(frames, report, lambda rank, size: LocalWorkerTransport(ch, rank, size))
 
@@ -307,7 +307,8 @@ def serve(
     """Everything a worker does once connected, whatever the transport: import the user's main
     module and run the initializer (a failure goes to rank 0 as INITFAIL), then serve tasks until
     rank 0 says stop or goes away. Never returns."""
-    from . import _runtime, _serial
+    from . import _serial
+    from ._scheduler import Node
 
     rank = pickle.loads(frames[0])
     size, prep, options = pickle.loads(frames[1])
@@ -332,7 +333,7 @@ def serve(
     finally:
         _booting[0] = False
     _configure_worker_process()
-    node = _runtime.Node(
+    node = Node(
         make_transport(rank, size), hub=False, worker=True,
         workers=list(options.get("workers") or range(1, size)),
         max_threads=options.get("max_threads", 16),

@@ -38,8 +38,9 @@ import time
 import traceback
 from typing import Any, Callable, NoReturn, Sequence
 
-from . import _local, _runtime, _serial
+from . import _local, _serial
 from ._log import brief_repr
+from ._scheduler import Kind, Node
 from ._transport import Buffer, Received, TransportClosed
 
 log = logging.getLogger("dtm_executor")
@@ -53,7 +54,7 @@ _SPIN = 0.02  # seconds the MPI thread keeps calling MPI without sleeping while 
 _IDLE_FRACTION = 0.01  # an idle rank's sleep between polls: this share of the time since the last message
 
 _START, _EXIT, _BYE = "start", "exit", "bye"
-_SHUTDOWN_FRAMES = pickle.dumps((_runtime.SHUTDOWN,), 5)
+_SHUTDOWN_FRAMES = pickle.dumps((int(Kind.SHUTDOWN),), 5)
 
 #: Environment variables that give the world size under the common launchers (never imports mpi4py).
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
@@ -611,15 +612,15 @@ def _run_session(eng: _Engine, session: int, opts: dict[str, Any], init_blob: by
         if initializer is not None:
             initializer(*initargs)
     except BaseException:  # noqa: BLE001 - reported to rank 0, which marks the executor broken
-        sess.send(0, [pickle.dumps((_runtime.INITFAIL, traceback.format_exc()), 5)])
+        sess.send(0, [pickle.dumps((int(Kind.INITFAIL), traceback.format_exc()), 5)])
         while True:  # wait for the end of the session, dropping its messages
             item = sess.recv(None)
-            if item is not None and item[1] is not None and pickle.loads(item[1][0])[0] == _runtime.SHUTDOWN:
+            if item is not None and item[1] is not None and pickle.loads(item[1][0])[0] == Kind.SHUTDOWN:
                 break
         sess.close()
         return
-    node = _runtime.Node(sess, hub=False, worker=True, workers=list(range(eng.size)),
-                         max_threads=opts.get("max_threads", 16))
+    node = Node(sess, hub=False, worker=True, workers=list(range(eng.size)),
+                max_threads=opts.get("max_threads", 16))
     node.max_retries = opts.get("max_retries", node.max_retries)
     if opts.get("trace"):
         node.trace = []
@@ -691,7 +692,7 @@ def finish_rank0(code: int) -> None:
     why = "the program on rank 0 ended" + (f" with status {code}" if code else "")
     for ex in list(_executor._live):
         if isinstance(getattr(ex, "_pool", None), MPIPool) and ex._node.broken is None:
-            ex._node._fail_all(_executor.BrokenDTMExecutor(why))
+            ex._node.fail_all(_executor.BrokenDTMExecutor(why))
     for r in range(1, eng.size):
         try:
             eng.send_control(r, (_EXIT, code))

@@ -609,10 +609,10 @@ def tcp_worker_main() -> None:
         _, frames = ch.recv_blocking()
     except (EOFError, OSError, FrameError):
         _flush_exit(0)
-    from . import _runtime
+    from ._scheduler import Kind
 
     def report(text: str) -> None:
-        ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
+        ch.send(0, [pickle.dumps((int(Kind.INITFAIL), text))])
 
     _local.serve(frames, report, lambda rank, size: _tcp.TcpWorkerTransport(ch, rank, size),
                  where=f"(on host {socket.gethostname()})\n")
