@@ -9,8 +9,8 @@ from __future__ import annotations
 from ._executor import BrokenDTMExecutor, DTMExecutor, current_executor
 from ._runtime import WorkerLostError
 from ._serial import RemoteTraceback, SerializationError
-from ._transport import Transport
-from ._mpi import watch_rank_exit as _watch_rank_exit
+from ._transports.framing import Transport
+from ._transports.mpi import watch_rank_exit as _watch_rank_exit
 
 _watch_rank_exit()  # under mpiexec: no rank may wait forever for one that ended (docs/mpi.md)
 

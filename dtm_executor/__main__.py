@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns.module, ns.args = ns.module[0], ns.module[1:]
     elif ns.script is None:
         parser.error("the following arguments are required: script.py or -m module")
-    from . import _executor, _mpi, _serial
+    from . import _executor, _serial
+    from ._transports import mpi as _mpi
 
     # The package was imported before this module became ``__main__`` (by ``-m``), when the
     # main module looked interactive: functions of the script can travel by reference.

@@ -14,7 +14,8 @@ from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 
-from . import _local, _map, _options, _runtime, _serial
+from . import _map, _options, _runtime, _serial
+from ._transports import local as _local
 from ._control import ControlMixin
 from ._futures import executing_worker
 from ._runtime import CALL, CHUNK, SHUTDOWN, Node
@@ -294,7 +295,7 @@ _POOLS: dict[str, Callable[..., Any]] = {"local": _local.LocalPool}
 
 
 def _tcp_pool(*args: Any) -> Any:
-    from ._ssh import TcpPool  # imported when used: ssl and friends cost start-up time
+    from ._transports.ssh import TcpPool  # imported when used: ssl and friends cost start-up time
 
     return TcpPool(*args)
 
@@ -309,7 +310,7 @@ def _progress_start() -> Callable[[Any, int | None], Any]:
 
 
 def _mpi_pool(*args: Any) -> Any:
-    from ._mpi import MPIPool  # imported when used: mpi4py initializes MPI on import
+    from ._transports.mpi import MPIPool  # imported when used: mpi4py initializes MPI on import
 
     return MPIPool(*args)
 
@@ -344,7 +345,7 @@ def _choose_transport(transport: str, options: Mapping[str, Any] | None = None) 
         if hosts:
             return "tcp"
         from ._hostfile import ENV_HOSTFILE, argv_hostfile
-        from ._mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
+        from ._transports.mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
 
         if under_mpi_with_peers():
             return "mpi"

@@ -29,7 +29,7 @@ from . import _serial
 from ._futures import DTMFuture, tls
 from ._log import Every, brief_exc, brief_repr
 from ._serial import SerializationError, describe, dumps, fn_name, loads
-from ._transport import Transport
+from ._transports.framing import Transport
 
 log = logging.getLogger("dtm_executor")
 

@@ -31,7 +31,8 @@ import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import _control, _local, _options
+from . import _control, _options
+from ._transports import local as _local
 from ._control import AsyncResult
 from ._executor import DTMExecutor, current_executor
 from ._futures import executing_worker

@@ -214,7 +214,7 @@ def test_the_option_lists_match_the_code():
     import inspect
     import re
 
-    from dtm_executor import _ssh
+    from dtm_executor._transports import ssh as _ssh
 
     read = set(re.findall(r'_pop\(options, "(\w+)"', inspect.getsource(_ssh.TcpPool)))
     assert read == set(_options.TRANSPORT_OPTIONS["tcp"])

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtm_executor import DTMExecutor, current_executor
-from dtm_executor import _tcp
-from dtm_executor._transport import FrameError
+from dtm_executor._transports import tcp as _tcp
+from dtm_executor._transports.framing import FrameError
 
 SECRET = bytes(range(32))
 
@@ -505,7 +505,7 @@ def test_worker_refuses_a_fake_rank_0(kind: str, marker: Path) -> None:
     srv, t, seen = _fake_rank0(reply, marker)
     cfg = {"v": 1, "host": "127.0.0.1", "port": srv.getsockname()[1], "rank": 1, "secret": SECRET.hex(),
            "tls": None, "connect_timeout": 5, "handshake_timeout": 5, "max_frame_bytes": 1 << 20}
-    proc = subprocess.Popen([sys.executable, "-c", "from dtm_executor._ssh import tcp_worker_main; tcp_worker_main()"],
+    proc = subprocess.Popen([sys.executable, "-c", "from dtm_executor._transports.ssh import tcp_worker_main; tcp_worker_main()"],
                             stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdin is not None

@@ -26,14 +26,15 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from . import _hostfile, _tcp
-from ._hostfile import HostSpec
-from ._transport import FrameError
+from .. import _hostfile
+from . import tcp as _tcp
+from .._hostfile import HostSpec
+from .framing import FrameError
 
 log = logging.getLogger("dtm_executor")
 
-_WORKER_BOOT = "from dtm_executor._ssh import tcp_worker_main; tcp_worker_main()"
-_HOST_BOOT = "from dtm_executor._ssh import host_main; host_main()"
+_WORKER_BOOT = "from dtm_executor._transports.ssh import tcp_worker_main; tcp_worker_main()"
+_HOST_BOOT = "from dtm_executor._transports.ssh import host_main; host_main()"
 _EXIT_NOCONNECT = 3  # a worker could not reach or authenticate with rank 0
 _CONFIG_LIMIT = 1 << 16
 
@@ -147,7 +148,7 @@ class TcpPool:
     def __init__(
         self, max_workers: int, opts: dict[str, Any], init_blob: bytes, options: dict[str, Any]
     ) -> None:
-        from ._executor import BrokenDTMExecutor
+        from .._executor import BrokenDTMExecutor
 
         hostfile = _pop(options, "hostfile")
         hosts = _pop(options, "hosts")
@@ -222,7 +223,7 @@ class TcpPool:
         listener.expect(self.workers)
 
         try:
-            from . import _serial
+            from .. import _serial
 
             prep = _serial.preparation_data("dtm-worker")  # no authkey; no "<stdin>" to import
         except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
@@ -365,7 +366,7 @@ class TcpPool:
     def _start_remote(
         self, host: str, ranks: list[int], ssh_command: Any, remote_python: str | None, remote_dir: str | None
     ) -> _Launch:
-        from ._executor import BrokenDTMExecutor
+        from .._executor import BrokenDTMExecutor
 
         py = remote_python or shlex.quote(sys.executable)
         rdir = remote_dir or os.getcwd()
@@ -574,7 +575,7 @@ def _ssh_client_address() -> str | None:
 
 def tcp_worker_main() -> None:
     """Entry point of a TCP worker: read the configuration, connect, authenticate, then serve."""
-    from . import _local
+    from . import local as _local
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
     cfg = _read_config()
@@ -609,7 +610,7 @@ def tcp_worker_main() -> None:
         _, frames = ch.recv_blocking()
     except (EOFError, OSError, FrameError):
         _flush_exit(0)
-    from . import _runtime
+    from .. import _runtime
 
     def report(text: str) -> None:
         ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])

@@ -38,9 +38,10 @@ import time
 import traceback
 from typing import Any, Callable, NoReturn, Sequence
 
-from . import _local, _runtime, _serial
-from ._log import brief_repr
-from ._transport import Buffer, Received, TransportClosed
+from .. import _runtime, _serial
+from . import local as _local
+from .._log import brief_repr
+from .framing import Buffer, Received, TransportClosed
 
 log = logging.getLogger("dtm_executor")
 
@@ -516,7 +517,7 @@ class MPIPool:
                 initializer(*initargs)
         except BaseException as e:
             self.kill()
-            from ._executor import BrokenDTMExecutor
+            from .._executor import BrokenDTMExecutor
 
             raise BrokenDTMExecutor(f"the initializer failed on rank 0: {type(e).__name__}: {e}") from e
 
@@ -683,7 +684,7 @@ def finish_rank0(code: int) -> None:
         return
     _State.finished = True
     eng = _ENGINE[0]
-    from . import _executor
+    from .. import _executor
 
     if code == 0:
         _executor._at_exit()  # shut down live executors the normal way (they wait for their tasks)

@@ -42,8 +42,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence, cast
 
-from ._log import brief_exc
-from ._transport import Buffer, FrameError, Received, _Forwarder, _Pending, _Waker, _WorkerEnd
+from .._log import brief_exc
+from .framing import Buffer, FrameError, Received, _Forwarder, _Pending, _Waker, _WorkerEnd
 
 log = logging.getLogger("dtm_executor")
 

@@ -22,12 +22,12 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from ._transport import Buffer, FrameError, Received, _Channel, _Forwarder, _Waker, _WorkerEnd
+from .framing import Buffer, FrameError, Received, _Channel, _Forwarder, _Waker, _WorkerEnd
 
 log = logging.getLogger("dtm_executor")
 
 _ENV_FD = "DTM_EXECUTOR_FD"
-_BOOT = "from dtm_executor._local import worker_main; worker_main()"
+_BOOT = "from dtm_executor._transports.local import worker_main; worker_main()"
 
 
 class LocalHubTransport:
@@ -138,7 +138,7 @@ class LocalPool:
     def __init__(
         self, nworkers: int, options: dict[str, Any], init_blob: bytes, extra: dict[str, Any] | None = None
     ) -> None:
-        from . import _serial
+        from .. import _serial
 
         self.transport = LocalHubTransport(nworkers)
         self.workers = list(range(1, nworkers + 1))
@@ -291,7 +291,7 @@ def worker_main() -> None:
         os._exit(0)
 
     def report(text: str) -> None:
-        from . import _runtime
+        from .. import _runtime
 
         ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
 
@@ -307,7 +307,7 @@ def serve(
     """Everything a worker does once connected, whatever the transport: import the user's main
     module and run the initializer (a failure goes to rank 0 as INITFAIL), then serve tasks until
     rank 0 says stop or goes away. Never returns."""
-    from . import _runtime, _serial
+    from .. import _runtime, _serial
 
     rank = pickle.loads(frames[0])
     size, prep, options = pickle.loads(frames[1])

@@ -1,0 +1,1 @@
+"""Transports: how frames move between ranks and how worker processes start."""
