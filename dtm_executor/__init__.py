@@ -6,8 +6,8 @@ its children lends its worker to other work. See README.md and docs/ for the tou
 
 from __future__ import annotations
 
-from ._executor import BrokenDTMExecutor, DTMExecutor, current_executor
-from ._runtime import WorkerLostError
+from ._errors import BrokenDTMExecutor, WorkerLostError
+from ._executor import DTMExecutor, current_executor
 from ._serial import RemoteTraceback, SerializationError
 from ._transports.framing import Transport
 from ._transports.mpi import watch_rank_exit as _watch_rank_exit

@@ -21,8 +21,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _map, _options
-from ._futures import SEQ, DTMFuture, executing_worker, tls
-from ._runtime import cancel_future
+from ._futures import SEQ, DTMFuture, cancel_future, executing_worker, tls
 
 
 class AsyncResult(DTMFuture):

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from . import _map, _options, _runtime, _serial
 from ._transports import local as _local
 from ._control import ControlMixin
+from ._errors import BrokenDTMExecutor
 from ._futures import executing_worker
 from ._runtime import CALL, CHUNK, SHUTDOWN, Node
 
@@ -24,8 +25,6 @@ log = logging.getLogger("dtm_executor")
 
 T = TypeVar("T")
 
-
-BrokenDTMExecutor = _runtime.BrokenDTMExecutor
 
 _live: "weakref.WeakSet[DTMExecutor]" = weakref.WeakSet()
 _last_created: list[weakref.ReferenceType[DTMExecutor]] = []

@@ -125,3 +125,61 @@ class _HelpEvent(threading.Event):
             self._w.help_until(self.is_set, self.futures, timeout)
             return self.is_set()
         return super().wait(timeout)
+
+
+# -- moving a future through its states (for the scheduler, and for whoever cancels) ----------------
+def settle(fut: Future[Any], ok: bool, value: Any) -> None:
+    """Set a future's result (``ok``) or exception; a cancelled one only has its waiters told."""
+    try:
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    except Exception:  # noqa: BLE001 - already settled or cancelled
+        notify_cancelled(fut)  # a task dropped while its future was cancelled: tell its waiters
+
+
+def notify_cancelled(fut: Future[Any]) -> None:
+    """Tell ``wait()``/``as_completed()`` about a cancelled future that will never run.
+
+    ``Future.cancel()`` wakes ``result()`` and runs callbacks, but ``wait``/``as_completed`` count
+    only ``CANCELLED_AND_NOTIFIED``, which ``set_running_or_notify_cancel()`` sets (once)."""
+    if fut._state == "CANCELLED":  # type: ignore[attr-defined]
+        try:
+            fut.set_running_or_notify_cancel()
+        except RuntimeError:  # notified meanwhile by another thread
+            pass
+
+
+def set_running(fut: Future[Any] | None) -> bool:
+    """A queued task is about to run or leave: mark its future running. False if it was
+    cancelled (its waiters are told now, if nobody told them yet): then drop the task."""
+    if fut is None:
+        return True
+    st = fut._state  # type: ignore[attr-defined]
+    if st == "CANCELLED_AND_NOTIFIED":
+        return False
+    if st in ("PENDING", "CANCELLED"):
+        try:
+            return fut.set_running_or_notify_cancel()
+        except RuntimeError:  # cancelled and notified meanwhile
+            return False
+    return True  # RUNNING already: a task run again after its worker died
+
+
+def cancel_future(fut: Future[Any]) -> bool:
+    """Cancel a future on the library's own initiative (shutdown, a map given up by its consumer):
+    unlike a bare ``Future.cancel()``, everyone waiting on it (``wait``, ``as_completed``) learns
+    at once, and a nested child still queued on this worker leaves the queue. False if it has
+    started (or finished) already."""
+    task = getattr(fut, "_dtm_task", None)
+    home = task.home if task is not None else None  # the worker whose queue holds it, if any
+    if home is not None and not home.withdraw(task):
+        # a local child some thread has claimed, to run or to send: that thread tells the waiters
+        return fut.cancel()
+    if not fut.cancel():  # at the hub, a cancelled task is dropped when its turn comes
+        return False
+    notify_cancelled(fut)
+    if home is not None:
+        home.nudge()  # a waiter of this worker may be asleep on it
+    return True

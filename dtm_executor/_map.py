@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Iterator
 
 from ._log import brief_exc
-from ._runtime import cancel_future
+from ._futures import cancel_future
 from ._serial import fn_name
 
 log = logging.getLogger("dtm_executor")

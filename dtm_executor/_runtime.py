@@ -22,14 +22,14 @@ import os
 import pickle
 import threading
 import time
-from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import Future
 from typing import Any, Callable, Iterable
 
 from . import _serial
+from ._errors import BrokenDTMExecutor, WorkerLostError
 from ._futures import DTMFuture, tls
 from ._log import Every, brief_exc, brief_repr
 from ._serial import SerializationError, describe, dumps, fn_name, loads
-from ._transports.framing import Transport
 
 log = logging.getLogger("dtm_executor")
 
@@ -59,14 +59,6 @@ _perf = time.perf_counter
 
 #: one line per interval for messages the transport refuses (each of their futures gets the error)
 _undeliverable_log = Every(10.0)
-
-
-class BrokenDTMExecutor(BrokenExecutor):
-    """The executor cannot go on (a worker failed to start, or every worker is gone)."""
-
-
-class WorkerLostError(Exception):
-    """The worker running a task died, and the task had used up its ``max_retries``."""
 
 
 class _Task:
@@ -149,7 +141,7 @@ class Node:
 
     def __init__(
         self,
-        transport: Transport,
+        transport: Any,  # a `dtm_executor.Transport` (a layer above: not imported)
         *,
         hub: bool,
         worker: bool,

@@ -40,6 +40,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from .. import _runtime, _serial
 from . import local as _local
+from .._errors import BrokenDTMExecutor
 from .._log import brief_repr
 from .framing import Buffer, Received, TransportClosed
 
@@ -517,8 +518,6 @@ class MPIPool:
                 initializer(*initargs)
         except BaseException as e:
             self.kill()
-            from .._executor import BrokenDTMExecutor
-
             raise BrokenDTMExecutor(f"the initializer failed on rank 0: {type(e).__name__}: {e}") from e
 
     def exit_status(self, rank: int) -> int | None:

@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from .. import _hostfile
+from .._errors import BrokenDTMExecutor
 from . import tcp as _tcp
 from .._hostfile import HostSpec
 from .framing import FrameError
@@ -148,8 +149,6 @@ class TcpPool:
     def __init__(
         self, max_workers: int, opts: dict[str, Any], init_blob: bytes, options: dict[str, Any]
     ) -> None:
-        from .._executor import BrokenDTMExecutor
-
         hostfile = _pop(options, "hostfile")
         hosts = _pop(options, "hosts")
         ssh_command = _pop(options, "ssh_command", "ssh")
@@ -366,8 +365,6 @@ class TcpPool:
     def _start_remote(
         self, host: str, ranks: list[int], ssh_command: Any, remote_python: str | None, remote_dir: str | None
     ) -> _Launch:
-        from .._executor import BrokenDTMExecutor
-
         py = remote_python or shlex.quote(sys.executable)
         rdir = remote_dir or os.getcwd()
         remote_cmd = f"cd {shlex.quote(rdir)} && exec {py} -c {shlex.quote(_HOST_BOOT)}"
