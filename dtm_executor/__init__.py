@@ -9,8 +9,10 @@ from __future__ import annotations
 from ._errors import BrokenDTMExecutor, WorkerLostError
 from ._executor import DTMExecutor, current_executor
 from ._serial import RemoteTraceback, SerializationError
-from ._transports.framing import Transport
+from ._transports import register_transport
+from ._transports.base import Transport
 from ._transports.mpi import watch_rank_exit as _watch_rank_exit
+from ._transports.worker import serve as serve_worker
 
 _watch_rank_exit()  # under mpiexec: no rank may wait forever for one that ended (docs/mpi.md)
 
@@ -22,6 +24,8 @@ __all__ = [
     "Transport",
     "WorkerLostError",
     "current_executor",
+    "register_transport",
+    "serve_worker",
 ]
 
 __version__ = "0.1.0"

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns.module, ns.args = ns.module[0], ns.module[1:]
     elif ns.script is None:
         parser.error("the following arguments are required: script.py or -m module")
-    from . import _executor, _serial
+    from . import _executor, _serial, _transports  # imported when used: --help stays quick
     from ._transports import mpi as _mpi
 
     # The package was imported before this module became ``__main__`` (by ``-m``), when the
@@ -108,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.transport is None:
             ns.transport = "tcp"
     transport = (ns.transport or "auto").strip().lower()
-    if transport != "auto" and transport not in _executor._POOLS:
-        parser.error(f"unknown transport {ns.transport!r}; expected one of {sorted(_executor._POOLS)} or auto")
+    if transport != "auto" and _transports.find(transport) is None:
+        parser.error(f"unknown transport {ns.transport!r}; expected one of "
+                     f"{_transports.names(entry_points=True)} or auto")
     use_mpi = transport == "mpi" or (transport == "auto" and _mpi.under_mpi_with_peers())
     if use_mpi and ns.workers is not None:
         parser.error("-n/--workers is for local runs: under MPI the number of ranks decides "
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["DTM_EXECUTOR_TRANSPORT"] = transport  # the default of DTMExecutor(transport="auto")
     if ns.workers is not None:
         n = ns.workers
-        _executor._usable_cpus = lambda: n  # the default of DTMExecutor(max_workers=None)
+        _executor.set_default_workers(n)  # the default of DTMExecutor(max_workers=None)
     if ns.module is not None:
         sys.argv[:] = [target[1].origin, *ns.args]  # sys.path[0] stays the current directory
         if use_mpi:

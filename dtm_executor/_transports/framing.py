@@ -1,27 +1,40 @@
-"""The byte-moving layer: a `Transport` protocol and socket framing shared by implementations.
+"""One wire format for the socket transports (local and TCP), and the star topology both use.
 
-The scheduler talks in messages between ranks; a transport only moves lists of byte frames
-between ranks. Frame lists keep pickle-5 out-of-band buffers separate so that large arrays are
-written from their own memory and read into a buffer the unpickler can use without a copy.
+Wire format: a message (one frame list) is ``<i peer><I count>``, ``count`` x ``<Q length>``, then
+the bodies. ``peer`` is the destination when a worker sends and the source when rank 0 forwards.
+Frame lists keep pickle-5 out-of-band buffers separate, so large arrays are written from their
+own memory and read into a buffer the unpickler uses without a copy. A message has at most
+`MAX_FRAMES` frames and ``max_bytes`` bytes (checked before anything is allocated for it).
+Between local processes a frame of `SHM_MIN` bytes or more travels as a memfd passed with the
+header (its length carries the `_FD_FRAME` flag).
+
+Star: rank 0 holds one channel per worker (`StarHub`) and forwards frames between workers
+without unpickling them (`_Forwarder`, a thread of its own, so that receiving never waits on a
+slow destination); a worker (`StarWorker`) holds one channel, to rank 0. A channel has ``sock``,
+``send(peer, frames)``, ``pump()``, ``mid_message``, ``buffered``, ``backlog`` and ``close()``:
+`_Channel` here (blocking reads from a process we started), ``TcpChannel`` (non-blocking, TLS).
+
+Imports `base` only.
 """
 
 from __future__ import annotations
 
 import array
 import collections
+import errno
+import logging
 import mmap
 import os
-import select
 import selectors
 import socket
 import struct
 import threading
-from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence
 
-Buffer = Union[bytes, bytearray, memoryview]
+from .._log import brief_exc
+from .base import Buffer, Received
 
-#: Frames received from a peer, or ``None`` when the connection to that peer was lost.
-Received = tuple[int, Union[list[memoryview], None]]
+log = logging.getLogger("dtm_executor")
 
 _HDR = struct.Struct("<iI")  # peer rank, number of frames
 _LEN = struct.Struct("<Q")
@@ -30,64 +43,160 @@ _FD_FRAME = 1 << 63  # length flag: this frame travels as a memory file descript
 SHM_MIN = 1 << 20
 _MAX_FDS = 64
 
-
-class TransportClosed(Exception):
-    """Raised by `Transport.recv` once the transport has been closed."""
-
-
-@runtime_checkable
-class Transport(Protocol):
-    """Moves frame lists between the ranks of one run.
-
-    ``rank`` 0 runs the hub (the queue of top-level tasks). ``send`` may be called from any
-    thread; ``recv`` from one thread only (the node's communication thread). ``recv`` returns
-    ``None`` on timeout or after `wakeup`, and ``(src, None)`` when peer ``src`` is lost.
-    """
-
-    @property
-    def rank(self) -> int:
-        """This process's rank, 0 to ``size - 1``."""
-        ...
-
-    @property
-    def size(self) -> int:
-        """The number of ranks of the run."""
-        ...
-
-    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
-        """Send one message, a list of frames, to rank ``dest`` (in order with the others)."""
-        ...
-
-    def recv(self, timeout: float | None = None) -> Received | None:
-        """The next message as ``(src, frames)``; ``(src, None)`` when ``src`` was lost; None
-        after ``timeout`` seconds or a `wakeup`."""
-        ...
-
-    def wakeup(self) -> None:
-        """Make a `recv` in progress (or the next one) return None at once."""
-        ...
-
-    def close(self) -> None:
-        """Release the transport; a later `recv` raises `TransportClosed`."""
-        ...
+#: Cap on the number of frames in one message (a pickle plus its out-of-band buffers).
+MAX_FRAMES = 1 << 20
+#: Default cap on one message (all frames of one send), in bytes, between hosts (``max_frame_bytes``).
+DEFAULT_MAX_FRAME_BYTES = 1 << 32
+#: The cap between local processes: none in practice (the peer is a process we started).
+LOCAL_MAX_BYTES = 1 << 40
+_DIRECT = 1 << 16  # bodies with at least this much left are read straight into place
 
 
 class FrameError(Exception):
     """A peer sent bytes that are not a valid frame list."""
 
 
+def check_count(count: int, max_frames: int = MAX_FRAMES) -> None:
+    if count > max_frames:
+        raise FrameError(f"a message of {count} frames exceeds the limit of {max_frames}")
+
+
+def check_sizes(sizes: Sequence[int], max_bytes: int) -> int:
+    """The message's size in bytes; `FrameError` above ``max_bytes``."""
+    total = sum(s & ~_FD_FRAME for s in sizes)
+    if total > max_bytes:
+        raise FrameError(f"a message of {total} bytes exceeds the limit of {max_bytes}")
+    return total
+
+
+class FrameParser:
+    """Incremental parser of frame lists: fed arbitrary chunks, yields complete messages.
+
+    Lengths are checked against the caps before anything is allocated for them; a violation
+    raises `FrameError` and the connection must be dropped (the stream cannot be resynchronised).
+    """
+
+    __slots__ = ("max_bytes", "max_frames", "_state", "_buf", "_have", "_peer", "_sizes", "_body", "_pos")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_frames: int = MAX_FRAMES) -> None:
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
+        self._state = 0  # 0: header, 1: length table, 2: bodies
+        self._buf = bytearray(_HDR.size)
+        self._have = 0
+        self._peer = 0
+        self._sizes: list[int] = []
+        self._body = bytearray()
+        self._pos = 0
+
+    @property
+    def mid_message(self) -> bool:
+        return self._state != 0 or self._have != 0
+
+    def feed(self, data: Buffer) -> list[tuple[int, list[memoryview]]]:
+        view = memoryview(data).cast("B")
+        out: list[tuple[int, list[memoryview]]] = []
+        i, n = 0, view.nbytes
+        while i < n:
+            if self._state == 2:
+                take = min(n - i, len(self._body) - self._pos)
+                self._body[self._pos : self._pos + take] = view[i : i + take]
+                self._pos += take
+                i += take
+                if self._pos == len(self._body):
+                    out.append(self._emit())
+                continue
+            need = len(self._buf) - self._have
+            take = min(need, n - i)
+            self._buf[self._have : self._have + take] = view[i : i + take]
+            self._have += take
+            i += take
+            if self._have == len(self._buf):
+                done = self._header_done() if self._state == 0 else self._sizes_done()
+                if done:
+                    out.append(self._emit())
+        return out
+
+    def direct(self) -> memoryview | None:
+        """Where to read the rest of a large body straight into (None: use `feed`)."""
+        if self._state == 2 and len(self._body) - self._pos >= _DIRECT:
+            return memoryview(self._body)[self._pos :]
+        return None
+
+    def advance(self, n: int) -> list[tuple[int, list[memoryview]]]:
+        """Account for ``n`` bytes written into the view `direct` returned."""
+        self._pos += n
+        if self._pos == len(self._body):
+            return [self._emit()]
+        return []
+
+    def _header_done(self) -> bool:
+        self._peer, count = _HDR.unpack(self._buf)
+        check_count(count, self.max_frames)
+        self._sizes = []
+        if count == 0:
+            self._body = bytearray()
+            return True
+        self._state = 1
+        self._buf = bytearray(_LEN.size * count)
+        self._have = 0
+        return False
+
+    def _sizes_done(self) -> bool:
+        sizes = [s for (s,) in _LEN.iter_unpack(self._buf)]
+        if any(s & _FD_FRAME for s in sizes):
+            raise FrameError("a shared-memory frame on a connection that cannot pass one")
+        total = check_sizes(sizes, self.max_bytes)
+        self._sizes = sizes
+        self._body = bytearray(total)
+        self._pos = 0
+        if total == 0:
+            return True
+        self._state = 2
+        return False
+
+    def _emit(self) -> tuple[int, list[memoryview]]:
+        view = memoryview(self._body)
+        frames = []
+        pos = 0
+        for s in self._sizes:
+            frames.append(view[pos : pos + s])
+            pos += s
+        peer = self._peer
+        self._state = 0
+        self._buf = bytearray(_HDR.size)
+        self._have = 0
+        self._sizes = []
+        self._body = bytearray()
+        self._pos = 0
+        return peer, frames
+
+
+def encode(peer: int, frames: Sequence[Buffer]) -> list[memoryview]:
+    """The wire form of one message, as a list of views (the bodies are not copied)."""
+    views = [memoryview(f).cast("B") for f in frames]
+    head = _header(peer, [v.nbytes for v in views])
+    return [memoryview(head)] + [v for v in views if v.nbytes]
+
+
+# -- local channels ----------------------------------------------------------------------------
 class _Channel:
-    """One stream socket carrying length-prefixed frame lists; sends are serialised by a lock."""
+    """A local stream socket (one end of a socket pair) carrying frame lists. Reads are blocking
+    and whole (the peer is a process we started), sends serialised by a lock; large frames go in
+    a memfd (one copy, not three): the sender copies once into it, the receiver maps it
+    (copy-on-write) and unpickles in place."""
 
-    __slots__ = ("sock", "_lock", "max_frame", "closed", "pass_fds")
+    __slots__ = ("sock", "_lock", "max_bytes", "closed", "pass_fds")
 
-    def __init__(self, sock: socket.socket, max_frame: int = 1 << 40, pass_fds: bool = False) -> None:
+    mid_message = False  # reads are whole: never between two parts of a message
+    buffered = False  # nothing is read ahead: the socket says when a message is there
+    backlog: Sequence[tuple[int, list[memoryview]]] = ()
+
+    def __init__(self, sock: socket.socket, max_bytes: int = LOCAL_MAX_BYTES, pass_fds: bool = False) -> None:
         self.sock = sock
         self._lock = threading.Lock()
-        self.max_frame = max_frame
+        self.max_bytes = max_bytes
         self.closed = False
-        # Large frames between local processes go in a memfd passed with SCM_RIGHTS: the sender
-        # copies once into it, the receiver maps it (copy-on-write) and unpickles in place.
         self.pass_fds = pass_fds and hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
         sock.setblocking(True)
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -97,20 +206,20 @@ class _Channel:
                 pass
 
     def send(self, peer: int, frames: Sequence[Buffer]) -> None:
-        parts: list[Buffer] = [_HDR.pack(peer, len(frames))]
         views = [memoryview(f).cast("B") for f in frames]
+        sizes: list[int] = []
         fds: list[int] = []
         body: list[memoryview] = []
         try:
             for v in views:
                 if self.pass_fds and v.nbytes >= SHM_MIN and len(fds) < _MAX_FDS:
                     fds.append(_to_memfd(v))
-                    parts.append(_LEN.pack(_FD_FRAME | v.nbytes))
+                    sizes.append(_FD_FRAME | v.nbytes)
                 else:
-                    parts.append(_LEN.pack(v.nbytes))
+                    sizes.append(v.nbytes)
                     if v.nbytes:
                         body.append(v)
-            head = memoryview(b"".join(parts))  # type: ignore[arg-type]
+            head = memoryview(_header(peer, sizes))
             with self._lock:
                 if self.closed:
                     raise OSError("channel closed")
@@ -134,16 +243,13 @@ class _Channel:
             head = _recv_exact(self.sock, _HDR.size)
         try:
             peer, n = _HDR.unpack(head)
-            if n > 1 << 20:
-                raise FrameError(f"frame count {n} exceeds the limit")
+            check_count(n)
             sizes_raw = _recv_exact(self.sock, _LEN.size * n)
             sizes = [s for (s,) in _LEN.iter_unpack(sizes_raw)]
-            inline = [s for s in sizes if not s & _FD_FRAME]
-            if any(s & ~_FD_FRAME > self.max_frame for s in sizes):
-                raise FrameError(f"frame of {max(sizes) & ~_FD_FRAME} bytes exceeds the limit of {self.max_frame}")
+            check_sizes(sizes, self.max_bytes)
             if sum(1 for s in sizes if s & _FD_FRAME) != len(fds):
                 raise FrameError("shared-memory frames and passed descriptors do not match")
-            total = sum(inline)
+            total = sum(s for s in sizes if not s & _FD_FRAME)
             buf = bytearray(total)
             if total:
                 _recv_into_exact(self.sock, memoryview(buf))
@@ -163,6 +269,14 @@ class _Channel:
             for fd in fds:
                 os.close(fd)
 
+    def pump(self) -> tuple[list[tuple[int, list[memoryview]]], BaseException | None, bool]:
+        """The message waiting on the socket (call when it is readable), as `TcpChannel.pump`:
+        (messages, the error that ends the connection, more?)."""
+        try:
+            return [self.recv()], None, False
+        except (EOFError, OSError, FrameError) as e:
+            return [], e, False
+
     def close(self) -> None:
         self.closed = True
         try:
@@ -170,6 +284,10 @@ class _Channel:
         except OSError:
             pass
         self.sock.close()
+
+
+def _header(peer: int, sizes: Sequence[int]) -> bytes:
+    return _HDR.pack(peer, len(sizes)) + b"".join(_LEN.pack(s) for s in sizes)
 
 
 def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
@@ -261,6 +379,226 @@ def _recv_into_exact(sock: socket.socket, view: memoryview) -> None:
         view = view[got:]
 
 
+# -- the star topology ---------------------------------------------------------------------------
+class _Conn(Protocol):
+    """A channel as the star sees it (`_Channel`, ``TcpChannel``)."""
+
+    @property
+    def sock(self) -> socket.socket: ...
+
+    @property
+    def mid_message(self) -> bool:
+        """Whether the connection is inside a message (its end then is not a clean close)."""
+        ...
+
+    @property
+    def buffered(self) -> bool:
+        """Whether input may wait in user space (TLS, a parser): pump without select's word."""
+        ...
+
+    @property
+    def backlog(self) -> Any:
+        """Messages read before a transport took the channel over."""
+        ...
+
+    def send(self, peer: int, frames: Sequence[Buffer]) -> None: ...
+
+    def pump(self) -> tuple[list[tuple[int, list[memoryview]]], BaseException | None, bool]: ...
+
+    def close(self) -> None: ...
+
+
+class StarHub:
+    """Rank 0's end of a star: one channel per worker, a selector over them, and a thread that
+    forwards frames between workers.
+
+    A message for a rank outside the run is a protocol error, like a malformed frame: the
+    sender's connection is dropped (its loss reported as ``(rank, None)``) and the drop logged.
+    With ``log_losses`` (TCP), a connection that ends any other way is logged too (at DEBUG when
+    the peer closed it between messages); without (local), the executor reports the loss with
+    the process's exit status instead.
+    """
+
+    def __init__(self, size: int, *, log_losses: bool = True) -> None:
+        self._size = size
+        self._log_losses = log_losses
+        self.channels: dict[int, _Conn] = {}
+        self._new: collections.deque[tuple[int, _Conn]] = collections.deque()
+        self._sel = selectors.DefaultSelector()
+        self._waker = _Waker()
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+        self._pending: collections.deque[Received] = collections.deque()
+        self._hot: set[int] = set()
+        self._closed = False
+        self._fwd = _Forwarder(self.channels.get, (OSError, FrameError))
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def add(self, rank: int, ch: _Conn) -> None:
+        """Start serving a worker's channel (safe from any thread)."""
+        self._size = max(self._size, rank + 1)
+        self.channels[rank] = ch
+        self._new.append((rank, ch))
+        self._waker.wake()
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        ch = self.channels.get(dest)
+        if ch is None:
+            raise OSError(errno.ENOTCONN, f"no connection to rank {dest}")
+        ch.send(0, frames)
+
+    def recv(self, timeout: float | None = None) -> Received | None:
+        if self._pending:
+            return self._pending.popleft()
+        if self._closed:
+            return None
+        while self._new:
+            rank, ch = self._new.popleft()
+            if self.channels.get(rank) is ch:
+                self._sel.register(ch.sock, selectors.EVENT_READ, rank)
+                if ch.buffered:
+                    self._hot.add(rank)  # bytes may have arrived before registration
+        try:
+            events = self._sel.select(0 if self._hot else timeout)
+        except (OSError, ValueError):
+            return None
+        ready = set(self._hot)
+        for key, _ in events:
+            if key.data is None:
+                self._waker.drain()
+            else:
+                ready.add(key.data)
+        for rank in ready:
+            self._pump(rank)
+        return self._pending.popleft() if self._pending else None
+
+    def _pump(self, rank: int) -> None:
+        ch = self.channels.get(rank)
+        if ch is None:
+            self._hot.discard(rank)
+            return
+        msgs, err, more = ch.pump()
+        for dest, frames in msgs:
+            if dest == 0:
+                self._pending.append((rank, frames))
+            elif 0 < dest < self._size:
+                self._fwd.put(dest, rank, frames)
+            else:
+                err = FrameError(f"rank {rank} addressed a message to rank {dest}")
+                break
+        if more and err is None:
+            self._hot.add(rank)
+        else:
+            self._hot.discard(rank)
+        if err is not None:
+            if isinstance(err, FrameError) or self._log_losses:
+                if isinstance(err, EOFError) and not ch.mid_message:
+                    log.debug("rank %d closed its connection", rank)
+                else:
+                    log.warning("dropping the connection of rank %d: %s", rank, brief_exc(err))
+            self._drop(rank)
+            self._pending.append((rank, None))
+
+    def _drop(self, rank: int) -> None:
+        ch = self.channels.pop(rank, None)
+        self._hot.discard(rank)
+        if ch is None:
+            return
+        try:
+            self._sel.unregister(ch.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        ch.close()
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._fwd.close()
+        for rank in list(self.channels):
+            self._drop(rank)
+        while self._new:
+            self._new.popleft()[1].close()
+        try:
+            self._sel.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._waker.close()
+
+
+class StarWorker:
+    """A worker's end of a star: everything goes through its one channel to rank 0 (which
+    forwards what is for other workers). Rank 0's loss is ``(0, None)``; with ``log_losses``
+    (TCP) a connection that fails other than by a close is logged."""
+
+    def __init__(self, ch: _Conn, rank: int, size: int, *, log_losses: bool = True) -> None:
+        self._ch = ch
+        self._rank = rank
+        self._size = size
+        self._log_losses = log_losses
+        self._waker = _Waker()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
+        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
+        self._queue: collections.deque[Received] = collections.deque(ch.backlog)
+        if ch.backlog:
+            ch.backlog.clear()
+        self._hot = False
+        self._lost = False
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
+        self._ch.send(dest, frames)
+
+    def recv(self, timeout: float | None = None) -> Received | None:
+        if self._queue:
+            return self._queue.popleft()
+        if self._lost:
+            return (0, None)
+        try:
+            events = self._sel.select(0 if self._hot else timeout)
+        except (OSError, ValueError):
+            self._lost = True
+            return (0, None)
+        readable = self._hot
+        for key, _ in events:
+            if key.data is None:
+                self._waker.drain()
+            else:
+                readable = True
+        if readable:
+            msgs, err, more = self._ch.pump()
+            self._queue.extend(msgs)
+            self._hot = more and err is None
+            if err is not None:
+                if self._log_losses and not isinstance(err, EOFError):
+                    log.warning("connection to rank 0 failed: %s", brief_exc(err))
+                self._lost = True
+                self._queue.append((0, None))
+        return self._queue.popleft() if self._queue else None
+
+    def wakeup(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._ch.close()
+        self._waker.close()
+
+
 class _Forwarder:
     """Rank 0's relay in a star topology: frames from one worker to another, sent by a thread of
     its own so that the receiving thread never waits on a slow destination."""
@@ -298,38 +636,6 @@ class _Forwarder:
                 ch.send(src, frames)
             except self._errors:
                 pass  # the loss of dest is reported by recv
-
-
-class _WorkerEnd:
-    """What a worker's end of a star topology shares across transports: one channel to rank 0
-    (which routes frames for other ranks), a waker, and a selector over both. Subclasses read."""
-
-    def __init__(self, ch: Any, rank: int, size: int) -> None:
-        self._ch = ch
-        self._rank = rank
-        self._size = size
-        self._waker = _Waker()
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(ch.sock, selectors.EVENT_READ, 1)
-        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
-
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
-        self._ch.send(dest, frames)
-
-    def wakeup(self) -> None:
-        self._waker.wake()
-
-    def close(self) -> None:
-        self._ch.close()
-        self._waker.close()
 
 
 class _Waker:
@@ -372,11 +678,3 @@ class _Waker:
                     os.close(fd)
                 except OSError:
                     pass
-
-
-def _wait_readable(fds: list[int], timeout: float | None) -> list[int]:
-    try:
-        r, _, _ = select.select(fds, [], [], timeout)
-    except (OSError, ValueError):
-        return []
-    return r

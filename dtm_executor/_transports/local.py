@@ -1,145 +1,50 @@
 """Local transport: worker processes on this machine, connected to rank 0 by socket pairs.
 
-The topology is a star: rank 0 forwards frames between workers without unpickling them (a
-thread of its own does the forwarding, so receiving never waits on a slow peer). Workers are
-started with ``subprocess`` (never ``fork``: threads and MPI make fork unsafe) and import the
-user's ``__main__`` the way multiprocessing's *spawn* does. A worker exits as soon as its socket
-to rank 0 closes, which is what happens when the parent dies, however it dies.
+The topology is `framing`'s star: rank 0 forwards frames between workers without unpickling
+them. Workers are started with ``subprocess`` (never ``fork``: threads and MPI make fork unsafe)
+and import the user's ``__main__`` the way multiprocessing's *spawn* does (`worker.serve`). A
+worker exits as soon as its socket to rank 0 closes, which is what happens when the parent dies,
+however it dies. Imports `base`, `framing` and `worker`.
 """
 
 from __future__ import annotations
 
-import collections
-import logging
 import os
-import pickle
-import selectors
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from .framing import Buffer, FrameError, Received, _Channel, _Forwarder, _Waker, _WorkerEnd
-
-log = logging.getLogger("dtm_executor")
+from . import worker
+from .base import WorkerStart
+from .framing import StarHub, StarWorker, _Channel
 
 _ENV_FD = "DTM_EXECUTOR_FD"
 _BOOT = "from dtm_executor._transports.local import worker_main; worker_main()"
 
 
-class LocalHubTransport:
-    """Rank 0's end: one channel per worker, a selector, and a forwarding thread."""
+class LocalHubTransport(StarHub):
+    """Rank 0's end: one channel per worker. A lost worker is reported by the executor with its
+    exit status, so the star does not log lost connections too."""
 
     def __init__(self, nworkers: int) -> None:
-        self._size = nworkers + 1
-        self.channels: dict[int, _Channel] = {}
-        self._sel = selectors.DefaultSelector()
-        self._waker = _Waker()
-        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
-        self._pending: collections.deque[Received] = collections.deque()
-        self._closed = False
-        self._fwd = _Forwarder(self.channels.get, (OSError,))
-
-    @property
-    def rank(self) -> int:
-        return 0
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def add(self, rank: int, ch: _Channel) -> None:
-        """Serve a worker's channel (from the thread that calls `recv`, or before it runs)."""
-        self.channels[rank] = ch
-        self._size = max(self._size, rank + 1)
-        self._sel.register(ch.sock, selectors.EVENT_READ, rank)
-
-    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
-        self.channels[dest].send(0, frames)
-
-    def recv(self, timeout: float | None = None) -> Received | None:
-        if self._pending:
-            return self._pending.popleft()
-        if self._closed:
-            return None
-        try:
-            events = self._sel.select(timeout)
-        except (OSError, ValueError):
-            return None
-        for key, _ in events:
-            rank = key.data
-            if rank is None:
-                self._waker.drain()
-                continue
-            ch = self.channels[rank]
-            try:
-                dest, frames = ch.recv()
-            except (EOFError, OSError, FrameError):
-                self._drop(rank)
-                self._pending.append((rank, None))
-                continue
-            if dest == 0:
-                self._pending.append((rank, frames))
-            else:
-                self._fwd.put(dest, rank, frames)
-        return self._pending.popleft() if self._pending else None
-
-    def _drop(self, rank: int) -> None:
-        ch = self.channels.get(rank)
-        if ch is None:
-            return
-        try:
-            self._sel.unregister(ch.sock)
-        except (KeyError, ValueError, OSError):
-            pass
-        ch.close()
-
-    def wakeup(self) -> None:
-        self._waker.wake()
-
-    def close(self) -> None:
-        self._closed = True
-        self._fwd.close()
-        for rank in list(self.channels):
-            self._drop(rank)
-        try:
-            self._sel.close()
-        except Exception:  # noqa: BLE001
-            pass
-        self._waker.close()
+        super().__init__(nworkers + 1, log_losses=False)
 
 
-class LocalWorkerTransport(_WorkerEnd):
+class LocalWorkerTransport(StarWorker):
     """A worker's end: everything goes through its channel to rank 0."""
 
-    def recv(self, timeout: float | None = None) -> Received | None:
-        try:
-            events = self._sel.select(timeout)
-        except (OSError, ValueError):
-            return (0, None)
-        got: Received | None = None
-        for key, _ in events:
-            if key.data is None:
-                self._waker.drain()
-            else:
-                try:
-                    got = self._ch.recv()
-                except (EOFError, OSError, FrameError):
-                    return (0, None)
-        return got
+    def __init__(self, ch: _Channel, rank: int, size: int) -> None:
+        super().__init__(ch, rank, size, log_losses=False)
 
 
 class LocalPool:
     """Starts, replaces and stops the worker processes of one executor."""
 
-    def __init__(
-        self, nworkers: int, options: dict[str, Any], init_blob: bytes, extra: dict[str, Any] | None = None
-    ) -> None:
-        from .. import _serial
-
+    def __init__(self, nworkers: int, start: WorkerStart, options: dict[str, Any] | None = None) -> None:
         self.transport = LocalHubTransport(nworkers)
         self.workers = list(range(1, nworkers + 1))
         self.local_worker = False
@@ -148,22 +53,15 @@ class LocalPool:
         self._closed = False
         self._replacing = True
         self._next_rank = nworkers + 1
-        self._prep: dict[str, Any] | None
-        try:
-            self._prep = _serial.preparation_data("dtm-worker")  # no authkey; no "<stdin>" to import
-        except Exception:  # noqa: BLE001 - unusual __main__; workers then skip importing it
-            self._prep = None
-        self._options = options
-        self._init_blob = init_blob
-        head = pickle.dumps((nworkers + 1, self._prep, options), 5)
+        self._start = start
         try:
             for rank in range(1, nworkers + 1):
-                self.transport.add(rank, self._spawn(rank, head))
+                self.transport.add(rank, self._spawn(rank, start.frames(rank, nworkers + 1)))
         except BaseException:
             self.kill()
             raise
 
-    def _spawn(self, rank: int, head: bytes) -> _Channel:
+    def _spawn(self, rank: int, frames: list[bytes]) -> _Channel:
         cmd = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _BOOT]  # type: ignore[attr-defined]
         a, b = socket.socketpair()
         env = dict(os.environ)
@@ -182,7 +80,7 @@ class LocalPool:
                 b.close()
             self.procs[rank] = proc
         ch = _Channel(a, pass_fds=True)
-        ch.send(0, [pickle.dumps(rank), head, self._init_blob])
+        ch.send(0, frames)
         return ch
 
     def replace(
@@ -204,9 +102,8 @@ class LocalPool:
             rank = self._next_rank
             self._next_rank += 1
         live = [w for w in workers if w != dead] + [rank]
-        head = pickle.dumps((rank + 1, self._prep, dict(self._options, workers=live)), 5)
         try:
-            ch = self._spawn(rank, head)
+            ch = self._spawn(rank, self._start.frames(rank, rank + 1, workers=live))
         except Exception as e:  # noqa: BLE001
             text = f"{type(e).__name__}: {e}"
             call_soon(lambda: on_failed(rank, text))
@@ -270,14 +167,6 @@ class LocalPool:
                 pass
 
 
-_booting = [False]
-
-
-def booting() -> bool:
-    """True while a worker imports the user's main module (no executor may start then)."""
-    return _booting[0]
-
-
 def worker_main() -> None:
     """Entry point of a local worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -288,81 +177,5 @@ def worker_main() -> None:
     try:
         _, frames = ch.recv()
     except (EOFError, OSError):
-        os._exit(0)
-
-    def report(text: str) -> None:
-        from .. import _runtime
-
-        ch.send(0, [pickle.dumps((_runtime.INITFAIL, text))])
-
-    serve(frames, report, lambda rank, size: LocalWorkerTransport(ch, rank, size))
-
-
-def serve(
-    frames: list[Any],
-    report_failure: Callable[[str], None],
-    make_transport: Callable[[int, int], Any],
-    where: str = "",
-) -> None:
-    """Everything a worker does once connected, whatever the transport: import the user's main
-    module and run the initializer (a failure goes to rank 0 as INITFAIL), then serve tasks until
-    rank 0 says stop or goes away. Never returns."""
-    from .. import _runtime, _serial
-
-    rank = pickle.loads(frames[0])
-    size, prep, options = pickle.loads(frames[1])
-    _booting[0] = True
-    try:
-        if prep is not None:
-            import multiprocessing.spawn as mpspawn
-
-            mpspawn.prepare(prep)
-        _serial.refresh_main_policy()
-        initializer, initargs = pickle.loads(frames[2])
-        if initializer is not None:
-            initializer(*initargs)
-    except BaseException:  # noqa: BLE001 - reported to rank 0, then this worker ends
-        import traceback
-
-        try:
-            report_failure(where + traceback.format_exc())
-        except Exception:  # noqa: BLE001 - rank 0 is gone: nobody to tell
-            pass
-        _exit_now(1)
-    finally:
-        _booting[0] = False
-    _configure_worker_process()
-    node = _runtime.Node(
-        make_transport(rank, size), hub=False, worker=True,
-        workers=list(options.get("workers") or range(1, size)),
-        max_threads=options.get("max_threads", 16),
-    )
-    node.max_retries = options.get("max_retries", node.max_retries)
-    if options.get("trace"):
-        node.trace = []
-
-    def stop() -> None:
-        node.flush_sends(2.0)
-        _exit_now(0)
-
-    node.on_stop = stop
-    node.on_lost = lambda src: _exit_now(0)  # rank 0 is gone: nobody wants our results
-    node.start(comm_in_thread=False)
-    node.comm_loop()
-    _exit_now(0)
-
-
-def _configure_worker_process() -> None:
-    sys.setswitchinterval(0.0005)  # the communication thread must not wait 5 ms for the GIL
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
-    threading.stack_size(64 << 20)  # deep inline recursion of nested tasks
-
-
-def _exit_now(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
-    logging.shutdown()
-    os._exit(code)
+        worker.exit_now(0)
+    worker.serve(frames, lambda rank, size: LocalWorkerTransport(ch, rank, size))
