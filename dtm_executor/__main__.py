@@ -25,6 +25,10 @@ import sys
 import traceback
 from typing import Any, Sequence
 
+from . import _executor, _serial, _transports
+from ._hostfile import ENV_HOSTFILE
+from ._transports import mpi as _mpi
+
 #: The two forms, for ``usage:`` (argparse's own would not say that one of them is needed).
 USAGE = (
     "python -m dtm_executor [-h] [-n N | --hostfile FILE] [--transport T] script.py [args ...]\n"
@@ -92,9 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns.module, ns.args = ns.module[0], ns.module[1:]
     elif ns.script is None:
         parser.error("the following arguments are required: script.py or -m module")
-    from . import _executor, _serial, _transports  # imported when used: --help stays quick
-    from ._transports import mpi as _mpi
-
     # The package was imported before this module became ``__main__`` (by ``-m``), when the
     # main module looked interactive: functions of the script can travel by reference.
     _serial.refresh_main_policy()
@@ -102,8 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.hostfile is not None:
         if not os.path.exists(ns.hostfile):
             parser.error(f"no such hostfile: {ns.hostfile}")
-        from ._hostfile import ENV_HOSTFILE
-
         os.environ[ENV_HOSTFILE] = os.path.abspath(ns.hostfile)
         if ns.transport is None:
             ns.transport = "tcp"
@@ -167,8 +166,6 @@ def _exec_module_as_main(target: tuple[str, Any, Any]) -> None:
     import builtins
     import types
 
-    from . import _serial
-
     _name, spec, code = target
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=spec.origin, __cached__=spec.cached, __builtins__=builtins,
@@ -217,8 +214,6 @@ def _exec_as_main(script: str) -> None:
     import builtins
     import importlib.machinery
     import types
-
-    from . import _serial
 
     with open(script, "rb") as f:
         source = f.read()

@@ -15,7 +15,6 @@ import json
 import os
 import time
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 Reports = dict[int, tuple[dict[str, Any], Any]]
 
@@ -138,6 +137,8 @@ def _chrome(rank: int, ev: tuple[Any, ...], t0: float) -> list[dict[str, Any]]:
 
 
 def _xml(rank: int, stats: dict[str, Any], trace: list[tuple[Any, ...]], ended: float) -> str:
+    from xml.sax.saxutils import quoteattr  # imported when used: it imports urllib, email and ssl
+
     out = ['<?xml version="1.0" encoding="utf-8"?>', f'<dtm worker="{rank}" host={quoteattr(str(stats.get("host", "")))} pid="{stats.get("pid", "")}">']
     out.append("  <tasksLog>")
     for ev in trace:

@@ -106,7 +106,7 @@ def under_mpi_with_peers() -> bool:
 
 
 def _import_mpi() -> Any:
-    try:
+    try:  # imported when used, never by `import dtm_executor`: importing mpi4py.MPI initializes MPI
         import mpi4py
     except ImportError as e:  # pragma: no cover - the mpi extra is missing
         raise ImportError(
