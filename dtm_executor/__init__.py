@@ -2,6 +2,8 @@
 
 Tasks may submit subtasks and wait on them at any depth without deadlock; a task waiting on
 its children lends its worker to other work. See README.md and docs/ for the tour.
+
+An entry point (docs/design.md, "Layers"): the public names, imported from the layers below.
 """
 
 from __future__ import annotations

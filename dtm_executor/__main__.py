@@ -15,6 +15,8 @@
 The script sees ``sys.argv == [script.py, args...]`` and ``sys.path[0]`` = its directory, as
 with ``python script.py``; a module sees ``sys.argv == [its file, args...]`` and the current
 directory first on ``sys.path``, as with ``python -m``.
+
+An entry point: imports the executor (for its default worker count), the transports and the leaves.
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ def _exec_module_as_main(target: tuple[str, Any, Any]) -> None:
     if spec.name.endswith(".__main__"):
         # a package's __main__, which workers do not import (multiprocessing does not either:
         # such files often run their program unguarded): its functions must travel by value
-        _serial._BY_REFERENCE_OK[0] = False
+        _serial.main_by_value()
     exec(code, main.__dict__)
 
 

@@ -8,6 +8,9 @@ DTM tracked the asynchronous requests of each task so that ``waitAll()``/``waitA
 list mean "this task's pending requests". We keep that per task: the ``AsyncResult`` objects created
 by the task running on this thread; outside tasks, by the root task of the executor they were made
 on (the program that owns it, one bookkeeping per thread of it).
+
+The DTM layer: imports `_options`, `_lifecycle` (for `current_executor` inside tasks) and the
+leaves; `DTMExecutor` mixes it in.
 """
 
 from __future__ import annotations
@@ -252,9 +255,16 @@ def _columns(iterables: tuple[Iterable[Any], ...]) -> tuple[list[Any], ...]:
     return tuple(list(c) for c in zip(*rows))
 
 
-def map_in_task(fn: Callable[..., Any], cols: tuple[list[Any], ...], granularity: float) -> list[Any]:
+def _map_in_task(fn: Callable[..., Any], cols: tuple[list[Any], ...], granularity: float) -> list[Any]:
     """``map_async`` started inside a task: this child task runs the map (and its wait helps)."""
     return list(_lifecycle.current_executor()._dtm_chunked(fn, cols, granularity))
+
+
+def map_async_in_task(executor: Any, fn: Callable[..., Any], cols: tuple[list[Any], ...],
+                      granularity: float) -> AsyncResult:
+    """``map_async`` inside a task: a child task runs the map. It starts when stolen by an idle
+    worker or when this task waits (then inline), like any child."""
+    return AsyncResult._chain(executor.submit(_map_in_task, fn, cols, granularity))
 
 
 def _drain(ar: AsyncResult, results: Iterator[Any]) -> None:

@@ -336,9 +336,7 @@ class _NestedExecutor(DTMExecutor):
         return self._worker.submit(fn, (items, star), {}, kind=CHUNK)  # type: ignore[no-any-return]
 
     def _map_async(self, fn: Callable[..., Any], cols: tuple[list[Any], ...], granularity: float) -> AsyncResult:
-        # a child task runs the map: it starts when stolen by an idle worker or when this task
-        # waits (then inline), like any child
-        return AsyncResult._chain(self.submit(_control.map_in_task, fn, cols, granularity))
+        return _control.map_async_in_task(self, fn, cols, granularity)
 
 
 _handles: "weakref.WeakValueDictionary[int, _NestedExecutor]" = weakref.WeakValueDictionary()

@@ -5,6 +5,8 @@ on one (``result``, ``exception``, or the standard ``wait``/``as_completed``, wh
 event installed through ``Future._waiters``), the wait is routed to the worker's scheduler, which
 runs the awaited child inline if it is still queued locally (Cilk style) or lends the worker to
 other tasks meanwhile. Outside tasks, they behave exactly like standard futures.
+
+A leaf: imports no other module of the package (the scheduler installs itself through ``tls``).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ _active: dict[int, tuple[Node, Any]] = {}
 #: every run whose executor is alive (torn down or not), by executor
 _live: "weakref.WeakKeyDictionary[Any, tuple[Node, Any]]" = weakref.WeakKeyDictionary()
 _last_created: list[weakref.ReferenceType[Any]] = []
+_shut: "weakref.WeakSet[Any]" = weakref.WeakSet()  # executors that accept no more work
 _interpreter_exiting = [False]
 _nested_handle: list[Callable[[Any], Any]] = []
 
@@ -50,8 +51,13 @@ def started(executor: Any, node: Node, pool: Any) -> None:
 def shut_down(executor: Any) -> None:
     """``executor`` accepts no more work: it is no longer `current_executor` (an older one
     does not become it again)."""
+    _shut.add(executor)
     if _last_created and _last_created[0]() is executor:
         _last_created.clear()
+
+
+def is_shut_down(executor: Any) -> bool:
+    return executor in _shut
 
 
 def exiting() -> bool:

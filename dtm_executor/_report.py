@@ -7,6 +7,8 @@ Trace events recorded by each rank (``Node.trace``), all times are ``time.time()
 * ``("wait", start, duration, (owner, tid) | None, thread)`` — a task suspended on its children;
 * ``("steal", time, thief, ntasks)`` — this rank gave ``ntasks`` queued tasks to ``thief``;
 * ``("msg", time, dest, nbytes)`` — a message sent.
+
+A leaf: imports no other module of the package.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ See docs/design.md for the whole picture; the rules that matter for correctness:
 * The communication thread never blocks on a send (a sender thread does the writes), so two
   processes can never block writing to each other.
 * Scheduler locks are never held while taking a future's lock (futures call into `Worker.wake`).
+
+The scheduler layer: imports the leaves only (a transport is whatever has ``rank``, ``size``,
+``send``, ``recv`` and ``wakeup``).
 """
 
 from __future__ import annotations

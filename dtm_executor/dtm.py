@@ -21,6 +21,8 @@ None at once, so the unguarded ``dtm.start(main)`` of DTM programs is fine.
 Every other function works in the root task and inside tasks at any depth, on the executor of
 the worker running the task. Outside ``dtm.start`` they use the most recently created live
 `DTMExecutor`, so DTM-style code also runs inside ``with DTMExecutor() as ex:``.
+
+An entry point: built on the executor and the DTM layer.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import _control, _options
+from . import _control, _lifecycle, _options
 from ._control import AsyncResult
 from ._executor import DTMExecutor, _choose_transport, current_executor
 from ._futures import executing_worker
@@ -70,7 +72,7 @@ def _executor() -> DTMExecutor:
     if executing_worker() is not None:
         return current_executor()
     ex = _running[0]
-    if isinstance(ex, DTMExecutor) and not ex._shutdown:
+    if isinstance(ex, DTMExecutor) and not _lifecycle.is_shut_down(ex):
         return ex
     try:
         return current_executor()

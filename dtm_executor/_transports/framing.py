@@ -14,7 +14,7 @@ slow destination); a worker (`StarWorker`) holds one channel, to rank 0. A chann
 ``send(peer, frames)``, ``pump()``, ``mid_message``, ``buffered``, ``backlog`` and ``close()``:
 `_Channel` here (blocking reads from a process we started), ``TcpChannel`` (non-blocking, TLS).
 
-Imports `base` only.
+Imports `base` and the leaf `_log`.
 """
 
 from __future__ import annotations

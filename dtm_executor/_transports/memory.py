@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -161,7 +162,8 @@ class MemoryPool:
     local_worker = False
 
     def __init__(self, nworkers: int, start: WorkerStart, options: dict[str, Any] | None = None) -> None:
-        worker.configure_process()  # tasks run in this process (as on MPI's rank 0)
+        _configure.enter()  # tasks run in this process (as on MPI's rank 0)
+        self._configured = True
         self.network = MemoryNetwork(nworkers + 1)
         self.transport = self.network.end(0)
         self.workers = list(range(1, nworkers + 1))
@@ -171,8 +173,12 @@ class MemoryPool:
         self._closed = False
         self._replacing = True
         self._next_rank = nworkers + 1
-        for rank in self.workers:
-            self._spawn(rank, start.frames(rank, nworkers + 1, import_main=False))
+        try:
+            for rank in self.workers:
+                self._spawn(rank, start.frames(rank, nworkers + 1, import_main=False))
+        except BaseException:
+            self.kill()
+            raise
 
     def _spawn(self, rank: int, frames: list[bytes]) -> None:
         end = self.network.end(rank)
@@ -232,4 +238,36 @@ class MemoryPool:
     def kill(self) -> None:
         with self._lock:
             self._closed = True
+            configured, self._configured = self._configured, False
         self.network.close()
+        if configured:
+            _configure.leave()
+
+
+class _Configure:
+    """While memory pools run, this process is configured as a worker process is (deep stacks, a
+    responsive communication thread); the settings it had come back when the last one ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools = 0
+        self._saved: tuple[float, int, int] | None = None
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._pools == 0:
+                self._saved = (sys.getswitchinterval(), sys.getrecursionlimit(), threading.stack_size())
+                worker.configure_process()
+            self._pools += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._pools -= 1
+            if self._pools == 0 and self._saved is not None:
+                interval, limit, stack = self._saved
+                sys.setswitchinterval(interval)
+                sys.setrecursionlimit(limit)
+                threading.stack_size(stack)
+
+
+_configure = _Configure()

@@ -21,6 +21,9 @@ with that status. Rank 0 calls ``MPI_Abort`` if a rank does not answer in time, 
 hanging. No collective operation is ever used (a rank that never arrives cannot block the others),
 except MPI's own initialization: in the plain style a rank whose program ends before its first
 executor therefore still joins it from an exit handler (`_at_program_end`).
+
+A transport module: imports `base`, `worker`, `_lifecycle` (to end the runs when rank 0's program
+ends), the scheduler's message kinds and the leaves; mpi4py only when a run starts.
 """
 
 from __future__ import annotations

@@ -80,13 +80,17 @@ def serve(
     where: str = "",
     in_process: bool = False,
 ) -> None:
-    """Everything a worker does once it has its start message ``frames``: start up, then serve
-    tasks on ``make_transport(rank, size)`` until rank 0 says stop or goes away.
+    """Serve as a worker (published as ``dtm_executor.serve_worker``, for transports added with
+    `register_transport`): ``frames`` is the start message the pool handed this worker
+    (``start.frames(rank, size)`` in the pool factory), ``make_transport(rank, size)`` returns
+    this worker's end of the `Transport`. It imports the user's main module and runs the
+    initializer (a failure is reported to rank 0, which then breaks the executor), then runs
+    tasks until rank 0 says stop or goes away.
 
-    A worker in a process of its own never returns: the process exits then (at once, whatever
-    task threads still run). ``in_process``: a worker sharing its process (a thread of the
-    memory transport, an MPI rank's session) returns instead, its main module left alone.
-    ``where`` prefixes a start-up failure (the host, for TCP).
+    In a worker process of its own it never returns: the process exits then, at once, whatever
+    task threads still run. ``in_process=True``: for workers that share a process (threads, as
+    with the memory transport; an MPI rank's session), which neither import the main module
+    again nor exit; it returns then. ``where`` starts the text of a start-up failure (the host).
     """
     rank, size, prep, options, init_blob = WorkerStart.decode(frames)
     transport = make_transport(rank, size)
