@@ -2,6 +2,8 @@
 
 Tasks may submit subtasks and wait on them at any depth without deadlock; a task waiting on
 its children lends its worker to other work. See README.md and docs/ for the tour.
+
+An entry point (docs/design.md, "Layers"): the public names, imported from the layers below.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 from ._errors import BrokenDTMExecutor, WorkerLostError
 from ._executor import DTMExecutor, current_executor
 from ._serial import RemoteTraceback, SerializationError
-from ._transport import Transport
-from ._mpi import watch_rank_exit as _watch_rank_exit
+from ._transports import register_transport
+from ._transports.base import Transport
+from ._transports.mpi import watch_rank_exit as _watch_rank_exit
+from ._transports.worker import serve as serve_worker
 
 _watch_rank_exit()  # under mpiexec: no rank may wait forever for one that ended (docs/mpi.md)
 
@@ -22,6 +26,8 @@ __all__ = [
     "Transport",
     "WorkerLostError",
     "current_executor",
+    "register_transport",
+    "serve_worker",
 ]
 
 __version__ = "0.1.0"

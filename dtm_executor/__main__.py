@@ -15,6 +15,8 @@
 The script sees ``sys.argv == [script.py, args...]`` and ``sys.path[0]`` = its directory, as
 with ``python script.py``; a module sees ``sys.argv == [its file, args...]`` and the current
 directory first on ``sys.path``, as with ``python -m``.
+
+An entry point: imports the executor (for its default worker count), the transports and the leaves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import os
 import sys
 import traceback
 from typing import Any, Sequence
+
+from . import _executor, _serial, _transports
+from ._hostfile import ENV_HOSTFILE
+from ._transports import mpi as _mpi
 
 #: The two forms, for ``usage:`` (argparse's own would not say that one of them is needed).
 USAGE = (
@@ -92,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns.module, ns.args = ns.module[0], ns.module[1:]
     elif ns.script is None:
         parser.error("the following arguments are required: script.py or -m module")
-    from . import _executor, _mpi, _serial
-
     # The package was imported before this module became ``__main__`` (by ``-m``), when the
     # main module looked interactive: functions of the script can travel by reference.
     _serial.refresh_main_policy()
@@ -101,14 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.hostfile is not None:
         if not os.path.exists(ns.hostfile):
             parser.error(f"no such hostfile: {ns.hostfile}")
-        from ._hostfile import ENV_HOSTFILE
-
         os.environ[ENV_HOSTFILE] = os.path.abspath(ns.hostfile)
         if ns.transport is None:
             ns.transport = "tcp"
     transport = (ns.transport or "auto").strip().lower()
-    if transport != "auto" and transport not in _executor._POOLS:
-        parser.error(f"unknown transport {ns.transport!r}; expected one of {sorted(_executor._POOLS)} or auto")
+    if transport != "auto" and _transports.find(transport) is None:
+        parser.error(f"unknown transport {ns.transport!r}; expected one of "
+                     f"{_transports.names(entry_points=True)} or auto")
     use_mpi = transport == "mpi" or (transport == "auto" and _mpi.under_mpi_with_peers())
     if use_mpi and ns.workers is not None:
         parser.error("-n/--workers is for local runs: under MPI the number of ranks decides "
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["DTM_EXECUTOR_TRANSPORT"] = transport  # the default of DTMExecutor(transport="auto")
     if ns.workers is not None:
         n = ns.workers
-        _executor._usable_cpus = lambda: n  # the default of DTMExecutor(max_workers=None)
+        _executor.set_default_workers(n)  # the default of DTMExecutor(max_workers=None)
     if ns.module is not None:
         sys.argv[:] = [target[1].origin, *ns.args]  # sys.path[0] stays the current directory
         if use_mpi:
@@ -165,8 +168,6 @@ def _exec_module_as_main(target: tuple[str, Any, Any]) -> None:
     import builtins
     import types
 
-    from . import _serial
-
     _name, spec, code = target
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=spec.origin, __cached__=spec.cached, __builtins__=builtins,
@@ -176,7 +177,7 @@ def _exec_module_as_main(target: tuple[str, Any, Any]) -> None:
     if spec.name.endswith(".__main__"):
         # a package's __main__, which workers do not import (multiprocessing does not either:
         # such files often run their program unguarded): its functions must travel by value
-        _serial._BY_REFERENCE_OK[0] = False
+        _serial.main_by_value()
     exec(code, main.__dict__)
 
 
@@ -215,8 +216,6 @@ def _exec_as_main(script: str) -> None:
     import builtins
     import importlib.machinery
     import types
-
-    from . import _serial
 
     with open(script, "rb") as f:
         source = f.read()

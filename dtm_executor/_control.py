@@ -8,6 +8,9 @@ DTM tracked the asynchronous requests of each task so that ``waitAll()``/``waitA
 list mean "this task's pending requests". We keep that per task: the ``AsyncResult`` objects created
 by the task running on this thread; outside tasks, by the root task of the executor they were made
 on (the program that owns it, one bookkeeping per thread of it).
+
+The DTM layer: imports `_options`, `_lifecycle` (for `current_executor` inside tasks) and the
+leaves; `DTMExecutor` mixes it in.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from concurrent import futures
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from . import _map, _options
+from . import _lifecycle, _map, _options, _progress
 from ._futures import SEQ, DTMFuture, cancel_future, executing_worker, tls
 
 
@@ -254,15 +257,14 @@ def _columns(iterables: tuple[Iterable[Any], ...]) -> tuple[list[Any], ...]:
 
 def _map_in_task(fn: Callable[..., Any], cols: tuple[list[Any], ...], granularity: float) -> list[Any]:
     """``map_async`` started inside a task: this child task runs the map (and its wait helps)."""
-    from ._executor import current_executor
-
-    return list(current_executor()._dtm_chunked(fn, cols, granularity))
+    return list(_lifecycle.current_executor()._dtm_chunked(fn, cols, granularity))
 
 
-def _progress_start() -> Callable[[Any, int | None], Any]:
-    from . import _progress  # imported when used (tqdm is slow to import)
-
-    return _progress.start
+def map_async_in_task(executor: Any, fn: Callable[..., Any], cols: tuple[list[Any], ...],
+                      granularity: float) -> AsyncResult:
+    """``map_async`` inside a task: a child task runs the map. It starts when stolen by an idle
+    worker or when this task waits (then inline), like any child."""
+    return AsyncResult._chain(executor.submit(_map_in_task, fn, cols, granularity))
 
 
 def _drain(ar: AsyncResult, results: Iterator[Any]) -> None:
@@ -299,12 +301,11 @@ class ControlMixin(_Base):
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], granularity: float,
         chunksize: int | None = None,
     ) -> Iterator[Any]:
-        if not self._nested:
-            self._check_open()
+        self._check_open()
         return _map.chunked_map(
             functools.partial(self._submit_chunk, pin=[]), fn, tuple(iterables), None, chunksize,
             self._nworkers(), granularity,
-            progress=_progress_start() if self._show_progress else None,
+            progress=_progress.start if self._show_progress else None,
         )
 
     def _dtm_map(self, function: Callable[..., Any], /, *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:
@@ -325,11 +326,10 @@ class ControlMixin(_Base):
         """``fn(*args)`` for each ``args`` of ``iterable``, as an iterator of results in order:
         `map` for arguments already grouped (``itertools.starmap``, mpi4py.futures'
         ``starmap``), with `map`'s lazy input, ``timeout``, ``chunksize`` and ``buffersize``."""
-        if not self._nested:
-            self._check_open()
+        self._check_open()
         return _map.chunked_map(
             self._submit_chunk, fn, (iterable,), timeout, chunksize, self._nworkers(),
-            self._granularity, progress=_progress_start() if self._show_progress else None,
+            self._granularity, progress=_progress.start if self._show_progress else None,
             buffersize=buffersize, starred=True,
         )
 
@@ -342,12 +342,8 @@ class ControlMixin(_Base):
         and ``progress``. Call it before the work it should affect, in the program that owns the
         executor. A wrong value, or an option fixed when the executor was created
         (``max_workers``, the transport's), is a ``ValueError`` and changes nothing; an unknown
-        name is a `DTMOptionWarning` (DTM ignored those silently)."""
-        if self._nested:
-            raise RuntimeError(
-                "setOptions() cannot be called inside a task: set the options of the executor in "
-                "the program that created it"
-            )
+        name is a `DTMOptionWarning` (DTM ignored those silently). Not inside a task (a
+        ``RuntimeError``)."""
         if self._shutdown:
             warnings.warn("setOptions() was called after shutdown(); the options are not considered",
                           _options.DTMOptionWarning, stacklevel=2)
@@ -378,19 +374,15 @@ class ControlMixin(_Base):
         The iterables are read now (shortest one wins); keyword arguments go to ``function``."""
         if not iterables:
             raise TypeError("map_async() needs at least one iterable")
-        fn = _with_kwargs(function, kwargs)
-        cols = _columns(iterables)
-        g = self._granularity
-        if self._nested:
-            # a child task runs the map: it starts when stolen by an idle worker or when this task
-            # waits (then inline), like any child
-            ar = AsyncResult._chain(self.submit(_map_in_task, fn, cols, g))
-        else:
-            results = self._dtm_chunked(fn, cols, g)  # the first chunks are submitted now
-            ar = AsyncResult()
-            ar.set_running_or_notify_cancel()
-            threading.Thread(target=_drain, args=(ar, results), name="dtm-map-async", daemon=True).start()
+        ar = self._map_async(_with_kwargs(function, kwargs), _columns(iterables), self._granularity)
         _requests(self).add(ar)
+        return ar
+
+    def _map_async(self, fn: Callable[..., Any], cols: tuple[list[Any], ...], granularity: float) -> AsyncResult:
+        results = self._dtm_chunked(fn, cols, granularity)  # the first chunks are submitted now
+        ar = AsyncResult()
+        ar.set_running_or_notify_cancel()
+        threading.Thread(target=_drain, args=(ar, results), name="dtm-map-async", daemon=True).start()
         return ar
 
     def imap(self, function: Callable[..., Any], /, *iterables: Iterable[Any], chunksize: int | None = None) -> Iterator[Any]:
@@ -404,8 +396,7 @@ class ControlMixin(_Base):
         ``chunksize=1`` the calls run one after the other, in order)."""
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
-        if not self._nested:
-            self._check_open()
+        self._check_open()
         total = _map._known_length((iterable,)) if self._show_progress else None
         source = iter(iterable)
         inflight: set[Future[Any]] = set()
@@ -424,7 +415,7 @@ class ControlMixin(_Base):
         fill()
 
         def results() -> Iterator[Any]:
-            bar = _progress_start()(function, total) if self._show_progress else None
+            bar = _progress.start(function, total) if self._show_progress else None
             try:
                 while inflight:
                     if not finished:

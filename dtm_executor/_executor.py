@@ -1,35 +1,49 @@
-"""`DTMExecutor`: the public face over the node, hub, worker and transport machinery."""
+"""`DTMExecutor`, the public face of a run: it owns the run (its scheduler node with the hub, and
+the pool of workers its transport started) from creation to shutdown. Inside a task the same
+interface is `_NestedExecutor`, the worker's own handle, which owns nothing.
+
+The executor layer: imports the DTM layer (`_control`, `_options`), the transports' registry,
+`_lifecycle`, the scheduler and the leaves; only the entry points import it.
+"""
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import operator
 import os
 import pickle
+import sys
 import threading
 import weakref
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-
-from . import _local, _map, _options, _serial
-from ._control import ControlMixin
+from . import _control, _lifecycle, _map, _options, _progress, _report, _serial, _transports
+from ._control import AsyncResult, ControlMixin
 from ._errors import BrokenDTMExecutor
 from ._futures import executing_worker
-from ._scheduler import Hub, Kind, Node, TaskKind, Worker
+from ._hostfile import ENV_HOSTFILE, argv_hostfile
+from ._scheduler import Hub, Node, TaskKind
+from ._transports import worker
+from ._transports.base import Pool, WorkerStart
+from ._transports.mpi import under_mpi_with_peers
 
 log = logging.getLogger("dtm_executor")
 
 T = TypeVar("T")
 
-_live: "weakref.WeakSet[DTMExecutor]" = weakref.WeakSet()
-_last_created: list[weakref.ReferenceType[DTMExecutor]] = []
-_interpreter_exiting = [False]
+_default_workers: list[int] = []
+
+
+def set_default_workers(n: int) -> None:
+    """``DTMExecutor(max_workers=None)`` starts ``n`` workers (the launcher's ``-n N``)."""
+    _default_workers[:] = [n]
 
 
 def _usable_cpus() -> int:
+    if _default_workers:
+        return _default_workers[0]
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -50,7 +64,8 @@ class DTMExecutor(ControlMixin, Executor):
         the number of ranks decides, with a hostfile its slots. ``<= 0``: ``ValueError``.
     :param transport: ``"auto"`` (``$DTM_EXECUTOR_TRANSPORT`` if set; TCP if ``hostfile=`` or
         ``hosts=`` is given; MPI under an MPI launcher with several ranks; else local
-        processes), ``"local"``, ``"mpi"`` or ``"tcp"``; any case.
+        processes), ``"local"``, ``"mpi"``, ``"tcp"``, ``"memory"`` (workers as threads of this
+        process, for tests) or a transport added with `register_transport`; any case.
     :param initializer: called with ``*initargs`` once in each worker before any task.
     :param max_threads: threads a worker may hold for tasks suspended in a wait (>= 2); at
         the cap a waiting task runs queued work on its own stack.
@@ -68,13 +83,12 @@ class DTMExecutor(ControlMixin, Executor):
         docs/tcp.md). Any other name is a ``TypeError``, as for any Python call.
     """
 
-    _nested = False
-    _show_progress = False  # nested handles (inside tasks) never draw progress bars
+    _show_progress = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "DTMExecutor":
         w = executing_worker()
         if w is not None:
-            return _nested_handle(w)
+            return _NestedExecutor.of(w)
         return super().__new__(cls)
 
     def __init__(
@@ -91,9 +105,7 @@ class DTMExecutor(ControlMixin, Executor):
         trace_dir: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
-        if self._nested:
-            return
-        if _local.booting():
+        if worker.booting():
             raise RuntimeError(
                 "a DTMExecutor was created while a worker imported the main module; "
                 "start executors under `if __name__ == '__main__':` (as with multiprocessing)"
@@ -115,6 +127,8 @@ class DTMExecutor(ControlMixin, Executor):
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
         kind = _choose_transport(transport, options)
+        entry = _transports.find(kind)
+        assert entry is not None
         self._kind = kind
         dtm_options = _options.take_executor_options(options, kind)  # DTM's names; bad value: ValueError
         # the rest: the transport's own options; a typo is a TypeError (before any worker starts)
@@ -137,7 +151,7 @@ class DTMExecutor(ControlMixin, Executor):
         self._print_summary = bool(print_summary)
         self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
-        self._pool = _POOLS[kind](max_workers, opts, init_blob, pool_options)  # pops what it knows
+        self._pool = _transports.factory(entry)(max_workers, WorkerStart(opts, init_blob), pool_options)
         _options.warn_unknown(pool_options)  # left by a pool registered elsewhere: named
         node = Node(self._pool.transport, hub=True, worker=self._pool.local_worker,
                     workers=list(self._pool.workers), max_threads=max_threads)
@@ -151,12 +165,10 @@ class DTMExecutor(ControlMixin, Executor):
         if trace_dir is not None:
             node.trace = []
         node.start()
-        _live.add(self)
-        _last_created[:] = [weakref.ref(self)]
-        _active[id(node)] = (node, self._pool)
+        _lifecycle.started(self, node, self._pool)
         # Dropped without shutdown: finish the submitted work, then stop (as the stdlib does).
-        self._finalizer = weakref.finalize(self, _drain_in_background, node, self._pool)
-        self._finalizer.atexit = False  # _at_exit drains every active pool itself
+        self._finalizer = weakref.finalize(self, _lifecycle.drain_in_background, node, self._pool)
+        self._finalizer.atexit = False  # _lifecycle.at_exit drains every active pool itself
 
     # -- Executor interface --------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -167,8 +179,6 @@ class DTMExecutor(ControlMixin, Executor):
         when it can (a module-level function), by value otherwise (lambdas, closures). A
         failure is raised again by ``result()`` with the worker's traceback as its
         ``__cause__`` (a `RemoteTraceback`)."""
-        if self._nested:
-            return self._worker.submit(fn, args, kwargs)  # type: ignore[return-value]
         self._check_open()
         task, fut = self._hub.make_task(fn, (args, kwargs), TaskKind.CALL)
         self._hub.submit(task)
@@ -192,20 +202,18 @@ class DTMExecutor(ControlMixin, Executor):
         and not yet yielded. ``timeout`` (seconds, for the whole map): `TimeoutError` from the
         iterator past it. An item's exception is raised by the iterator at that item, after
         the results before it."""
-        if not self._nested:
-            self._check_open()
+        self._check_open()
         return _map.chunked_map(
             functools.partial(self._submit_chunk, pin=[]), fn, iterables, timeout, chunksize,
             self._nworkers(), self._granularity,
-            progress=_progress_start() if self._show_progress else None, buffersize=buffersize,
+            progress=_progress.start if self._show_progress else None, buffersize=buffersize,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if self._nested:
-            return  # the pool belongs to the program that started it
         with self._shutdown_lock:
             already = self._shutdown
             self._shutdown = True
+        _lifecycle.shut_down(self)
         if cancel_futures:
             self._hub.cancel_pending()
         if already and not wait:
@@ -216,7 +224,7 @@ class DTMExecutor(ControlMixin, Executor):
             threading.Thread(target=self._wait_and_close, name="dtm-shutdown", daemon=True).start()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool | None:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and not self._nested:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self._terminate("interrupted (KeyboardInterrupt)")  # Ctrl-C: stop now, do not drain
             return None
         return super().__exit__(exc_type, exc_val, exc_tb)
@@ -224,9 +232,10 @@ class DTMExecutor(ControlMixin, Executor):
     def _terminate(self, why: str) -> None:
         with self._shutdown_lock:
             self._shutdown = True
+        _lifecycle.shut_down(self)
         self._hub.cancel_pending()
-        self._node.fail_all(BrokenDTMExecutor(f"the executor was stopped: {why}"))
-        _teardown(self._node, self._pool, grace=0.0)
+        _lifecycle.fail(self._node, BrokenDTMExecutor(f"the executor was stopped: {why}"))
+        _lifecycle.teardown(self._node, self._pool, grace=0.0)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (current_executor, ())
@@ -238,8 +247,6 @@ class DTMExecutor(ControlMixin, Executor):
         return self._max_workers
 
     def _nworkers(self) -> int:
-        if self._nested:
-            return max(1, len(self._node.workers))
         return self._max_workers
 
     def _check_open(self) -> None:
@@ -247,7 +254,7 @@ class DTMExecutor(ControlMixin, Executor):
             raise BrokenDTMExecutor(str(self._node.broken))
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting[0]:
+        if _lifecycle.exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _submit_chunk(
@@ -255,8 +262,6 @@ class DTMExecutor(ControlMixin, Executor):
     ) -> Future[Any]:
         """``pin``: one list per map call, so that all its chunks carry ``fn`` as pickled with the
         first one, at the call (not as it is when a later chunk is submitted)."""
-        if self._nested:
-            return self._worker.submit(fn, (items, star), {}, kind=TaskKind.CHUNK)
         task, fut = self._hub.make_task(fn, ((items, star), {}), TaskKind.CHUNK, pin[0] if pin else None)
         if pin is not None and not pin:
             pin.append((task.fid, task.fnblob))
@@ -264,17 +269,13 @@ class DTMExecutor(ControlMixin, Executor):
         return fut
 
     def _wait_and_close(self) -> None:
-        _drain(self._node)
+        _lifecycle.drain(self._node)
         want_reports = self._print_summary or self._trace_dir is not None
-        reports = _teardown(self._node, self._pool, report_timeout=5.0 if want_reports else 0.0)
+        reports = _lifecycle.teardown(self._node, self._pool, report_timeout=5.0 if want_reports else 0.0)
         if reports is not None and want_reports:
             self._emit_reports(reports)
 
     def _emit_reports(self, reports: dict[int, Any]) -> None:
-        import sys
-
-        from . import _report
-
         if self._print_summary:
             sys.stdout.write(_report.format_summary(reports) + "\n")
             sys.stdout.flush()
@@ -283,78 +284,109 @@ class DTMExecutor(ControlMixin, Executor):
             log.info("trace written: %s", ", ".join(files))
 
 
+class _NestedExecutor(DTMExecutor):
+    """The executor as a task sees it (``DTMExecutor()`` or `current_executor` inside a task, or
+    a `DTMExecutor` unpickled there): the handle of the worker running the task. Work goes to
+    that worker's own queue and is balanced from there; it never draws progress bars, and
+    ``shutdown`` does nothing (the run belongs to the program that started it)."""
 
-#: Pool factories by transport name: ``factory(max_workers, opts, init_blob, options)`` (it pops
-#: the keyword ``options`` it understands from that dict) returns an
-#: object with ``transport``, ``workers`` (ranks that execute tasks), ``local_worker`` (whether
-#: rank 0 executes tasks too), ``exit_status(rank)``, ``join(timeout)`` and ``kill()``.
-_POOLS: dict[str, Callable[..., Any]] = {"local": _local.LocalPool}
+    _worker: Any  # the scheduler's Worker of this process's rank
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``DTMExecutor(...)`` inside a task returns the handle: its arguments are not used."""
+
+    @classmethod
+    def of(cls, w: Any) -> _NestedExecutor:
+        """The handle of worker ``w`` (the same one while anybody holds it)."""
+        with _handles_lock:
+            h = _handles.get(id(w))
+            if h is None or h._worker is not w:
+                h = object.__new__(cls)
+                h._worker = w
+                h._node = w.node
+                h._max_workers = len(w.node.workers)
+                h._shutdown = False
+                _handles[id(w)] = h
+            return h
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._worker.submit(fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool | None:
+        return None
+
+    def setOptions(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            "setOptions() cannot be called inside a task: set the options of the executor in "
+            "the program that created it"
+        )
+
+    def _nworkers(self) -> int:
+        return max(1, len(self._node.workers))
+
+    def _check_open(self) -> None:
+        return None  # the run is open while its tasks run
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, pin: list[Any] | None = None
+    ) -> Future[Any]:
+        return self._worker.submit(fn, (items, star), {}, kind=TaskKind.CHUNK)  # type: ignore[no-any-return]
+
+    def _map_async(self, fn: Callable[..., Any], cols: tuple[list[Any], ...], granularity: float) -> AsyncResult:
+        return _control.map_async_in_task(self, fn, cols, granularity)
 
 
-def _tcp_pool(*args: Any) -> Any:
-    from ._ssh import TcpPool  # imported when used: ssl and friends cost start-up time
-
-    return TcpPool(*args)
-
-
-_POOLS["tcp"] = _tcp_pool
-
-
-def _progress_start() -> Callable[[Any, int | None], Any]:
-    from . import _progress
-
-    return _progress.start
-
-
-def _mpi_pool(*args: Any) -> Any:
-    from ._mpi import MPIPool  # imported when used: mpi4py initializes MPI on import
-
-    return MPIPool(*args)
-
-
-_POOLS["mpi"] = _mpi_pool
+_handles: "weakref.WeakValueDictionary[int, _NestedExecutor]" = weakref.WeakValueDictionary()
+_handles_lock = threading.Lock()
+_lifecycle.set_nested_handle(_NestedExecutor.of)
 
 
 def _choose_transport(transport: str, options: Mapping[str, Any] | None = None) -> str:
-    """The transport's name in `_POOLS` (names are case-insensitive). ``"auto"``:
+    """The name of a registered transport (names are case-insensitive). ``"auto"``:
     ``$DTM_EXECUTOR_TRANSPORT`` if set (the launcher's ``--transport``), else TCP when hosts are
     given (``hostfile=``/``hosts=`` in ``options``, as the launcher's ``--hostfile``, or the
     legacy ``--dtmTCPhosts``), else MPI when started by an MPI launcher with more than one rank,
     else local worker processes."""
     if not isinstance(transport, str):
         raise TypeError(f"transport must be a string such as 'local' or 'tcp', not {transport!r}")
-    names = {k.lower(): k for k in _POOLS}
-    choices = f"one of {sorted(_POOLS)} or 'auto'"
     name = transport.strip().lower()
     hosts = [k for k in ("hostfile", "hosts") if options and options.get(k) is not None]
     if name == "auto":
         raw = os.environ.get("DTM_EXECUTOR_TRANSPORT", "")
         env = raw.strip().lower()
         if env and env != "auto":
-            if env not in names:
-                raise ValueError(f"DTM_EXECUTOR_TRANSPORT={raw!r} is not a transport: expected {choices}")
-            if hosts and names[env] != "tcp":
+            entry = _transports.find(env)
+            if entry is None:
+                raise ValueError(f"DTM_EXECUTOR_TRANSPORT={raw!r} is not a transport: expected {_choices()}")
+            if hosts and entry.name != "tcp":
                 raise ValueError(
                     f"{hosts[0]}= asks for the 'tcp' transport, but DTM_EXECUTOR_TRANSPORT={raw!r} "
-                    f"selects {names[env]!r}"
+                    f"selects {entry.name!r}"
                 )
-            return names[env]
+            return entry.name
         if hosts:
             return "tcp"
-        from ._hostfile import ENV_HOSTFILE, argv_hostfile
-        from ._mpi import under_mpi_with_peers  # reads the environment; no mpi4py import
-
-        if under_mpi_with_peers():
+        if under_mpi_with_peers():  # reads the environment; no mpi4py import
             return "mpi"
         if argv_hostfile() or os.environ.get(ENV_HOSTFILE):  # --dtmTCPhosts=FILE, --hostfile
             return "tcp"
         return "local"
-    if name not in names:
-        raise ValueError(f"unknown transport {transport!r}; expected {choices}")
-    return names[name]
+    entry = _transports.find(name) if name else None
+    if entry is None:
+        raise ValueError(f"unknown transport {transport!r}; expected {_choices()}")
+    return entry.name
 
 
-def _on_worker_lost(node: Node, pool: Any, rank: int) -> None:
+def _choices() -> str:
+    return f"one of {_transports.names(entry_points=True)} or 'auto'"
+
+
+def _on_worker_lost(node: Node, pool: Pool, rank: int) -> None:
+    """A worker is gone (communication thread of rank 0): replace it if the pool can, then
+    re-run or fail what it held."""
     if node.closed or node.stopping:
         return
     describe = getattr(pool, "describe", None)
@@ -373,101 +405,8 @@ def _on_worker_lost(node: Node, pool: Any, rank: int) -> None:
     node.worker_lost(rank, who)
 
 
-#: pools not torn down yet, by id(node): drained at interpreter exit
-_active: dict[int, tuple[Node, Any]] = {}
-
-
-def _drain(node: Node) -> None:
-    """Wait until every top-level task has settled (or the pool broke or stopped)."""
-    node.wait_settled()
-
-
-def _drain_in_background(node: Node, pool: Any) -> None:
-    def run() -> None:
-        _drain(node)
-        _teardown(node, pool)
-
-    threading.Thread(target=run, name="dtm-drain", daemon=True).start()
-
-
-#: one lock per node: teardowns of the same pool (``shutdown(wait=False)`` then ``shutdown()``,
-#: a drain at exit) run one after the other, so nothing is closed twice (a file descriptor closed
-#: twice may by then belong to someone else), and the later caller returns once all is stopped
-_teardown_locks: "weakref.WeakKeyDictionary[Node, threading.Lock]" = weakref.WeakKeyDictionary()
-_teardown_locks_guard = threading.Lock()
-
-
-def _teardown(node: Node, pool: Any, grace: float = 5.0, report_timeout: float = 0.0) -> dict[int, Any] | None:
-    """Stop the workers; with ``report_timeout``, first collect their stats/trace reports."""
-    with _teardown_locks_guard:
-        lock = _teardown_locks.setdefault(node, threading.Lock())
-    with lock:
-        if node.closed:
-            return None
-        return _teardown_locked(node, pool, grace, report_timeout)
-
-
-def _teardown_locked(node: Node, pool: Any, grace: float, report_timeout: float) -> dict[int, Any]:
-    _active.pop(id(node), None)
-    remote = [w for w in node.workers if w != node.rank]
-    node.stopping = True  # workers closing their connections now is not a failure
-    for w in remote:
-        try:
-            node.send(w, (int(Kind.SHUTDOWN),))
-        except Exception:  # noqa: BLE001
-            pass
-    reports = node.collect_reports(remote, report_timeout) if report_timeout > 0 else {}
-    node.flush_sends(min(grace, 2.0))
-    own = node.stats_report()
-    node.close()
-    pool.join(grace)
-    pool.transport.close()
-    reports.setdefault(node.rank, (own, node.trace))
-    return reports
-
-
-def _nested_handle(worker: Worker) -> DTMExecutor:
-    h = getattr(worker, "_handle", None)
-    if h is None:
-        h = object.__new__(DTMExecutor)
-        h._nested = True
-        h._worker = worker  # type: ignore[attr-defined]
-        h._node = worker.node  # type: ignore[assignment]  # a Node, seen by the worker as NodeServices
-        h._max_workers = len(worker.node.workers)
-        h._shutdown = False
-        worker._handle = h  # type: ignore[attr-defined]
-    return h
-
-
 def current_executor() -> DTMExecutor:
     """The executor to use for nested work: the running worker's inside a task, else the most
     recently created live `DTMExecutor` of this process."""
-    w = executing_worker()
-    if w is not None:
-        return _nested_handle(w)
-    ref = _last_created[0] if _last_created else None
-    ex = ref() if ref is not None else None
-    if ex is None or ex._shutdown:
-        raise RuntimeError("no DTMExecutor is running in this process (and this is not a task)")
+    ex: DTMExecutor = _lifecycle.current_executor()
     return ex
-
-
-def _at_exit() -> None:
-    import sys
-
-    _interpreter_exiting[0] = True
-    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    interrupted = isinstance(last, KeyboardInterrupt)  # the program died of Ctrl-C
-    for node, pool in list(_active.values()):
-        try:
-            if interrupted:
-                node.fail_all(BrokenDTMExecutor("the program was interrupted (KeyboardInterrupt)"))
-                _teardown(node, pool, grace=0.0)
-            else:  # like the stdlib: finish submitted work first
-                _drain(node)
-                _teardown(node, pool)
-        except Exception:  # noqa: BLE001
-            pass
-
-
-atexit.register(_at_exit)

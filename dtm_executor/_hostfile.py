@@ -4,6 +4,8 @@ One host per line: ``host slots=N`` (Open MPI style), ``host:N`` (MPICH style) o
 (one slot); ``#`` starts a comment; blank lines are ignored; a host named on several lines gets
 the sum of its slots. ``user@host`` is passed to ssh as is. A malformed line is an error that
 names the file and the line, because a silently misread hostfile runs the wrong cluster.
+
+A leaf: imports no other module of the package.
 """
 
 from __future__ import annotations

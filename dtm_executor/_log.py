@@ -5,6 +5,8 @@
   100 MB exception message must not become a 100 MB log line.
 * Events that can repeat thousands of times go through `Every`: one line per interval, saying how
   many were left out.
+
+A leaf: imports no other module of the package.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Chunks start at one item (durations unknown: a long task must not be batched bli
 sized so that one chunk takes about `TARGET_CHUNK_SECONDS`, and no bigger than a quarter of a
 worker's share of what is left, so the end of the map still balances. Input is consumed lazily:
 only the window's items are read ahead of the consumer.
+
+A leaf: imports the leaves `_futures`, `_serial` and `_log` only.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ transport). An unknown name is a warning naming it when it comes through ``dtm.s
 ignored unknown options silently, which hid typos) and a ``TypeError`` when given to
 `DTMExecutor` (a Python call); a known option with a wrong value is a `ValueError`, raised where
 it was given.
+
+The DTM layer: imports the transport registry (which transports exist, and their options) and the
+leaves; never `_executor`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import threading
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
+
+from . import _transports
 
 #: Every accepted spelling -> the canonical (Python-style) name.
 _ALIASES: dict[str, str] = {
@@ -38,16 +43,6 @@ _ALIASES: dict[str, str] = {
     "task_granularity": "task_granularity",
 }
 
-#: DTM's option name for each canonical name (for messages and the docs' table).
-DTM_NAMES = {
-    "transport": "communicationManager",
-    "load_balancer": "loadBalancer",
-    "print_summary": "printSummary",
-    "trace_mode": "setTraceMode",
-    "trace_dir": "traceDir",
-    "task_granularity": "taskGranularity",
-}
-
 #: Legacy communication managers -> transport names.
 _TRANSPORTS = {
     "deap.dtm.mpi4py": "mpi",
@@ -64,21 +59,6 @@ _TRANSPORTS = {
 
 _BALANCERS = ("pdb", "deap.dtm.loadbalancerpdb", "loadbalancerpdb")
 
-#: `DTMExecutor` parameters that ``dtm.setOptions`` also accepts (passed through to it).
-EXECUTOR_PARAMS = ("max_workers", "max_threads", "max_retries", "initializer", "initargs")
-
-#: The keyword options of each transport's pool (``DTMExecutor(hostfile=...)``); see
-#: `dtm_executor._ssh.TcpPool` for their meaning.
-TRANSPORT_OPTIONS: dict[str, frozenset[str]] = {
-    "local": frozenset(),
-    "mpi": frozenset(),
-    "tcp": frozenset({
-        "hostfile", "hosts", "ssh_command", "remote_python", "remote_dir", "tls_cert", "tls_key",
-        "tls_ca", "connect_timeout", "start_timeout", "handshake_timeout", "listen_address",
-        "port", "max_frame_bytes",
-    }),
-}
-
 #: `DTMExecutor`'s own keyword parameters (for the "did you mean" of a mistyped one).
 EXECUTOR_KEYWORDS = (
     "max_workers", "transport", "initializer", "initargs", "max_threads", "max_retries",
@@ -86,7 +66,7 @@ EXECUTOR_KEYWORDS = (
 )
 
 #: `DTMExecutor` arguments that cannot change once its workers run.
-FIXED_AT_START = (*EXECUTOR_PARAMS, "max_threads")
+FIXED_AT_START = ("max_workers", "max_threads", "max_retries", "initializer", "initargs")
 
 #: The default trace directory, as in DTM.
 DEFAULT_TRACE_DIR = "DtmLog"
@@ -107,9 +87,6 @@ class Options:
     trace_dir: str | None = None
     task_granularity: float | None = None
 
-    def granularity(self) -> float:
-        return self.task_granularity or 0.0
-
 
 def canonical(name: str) -> str | None:
     return _ALIASES.get(name)
@@ -125,18 +102,17 @@ def _bool(name: str, value: Any) -> bool:
 
 def transport_name(value: Any, name: str = "communicationManager") -> str:
     """Map a communication manager (DTM's module names too) to a transport name."""
-    from ._executor import _POOLS
-
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a string such as 'deap.dtm.mpi4py', not {value!r}")
     got = _TRANSPORTS.get(value.lower())
     if got is not None:
         return got
-    if value in _POOLS:  # any other registered transport
-        return value
+    entry = _transports.find(value)  # any other registered transport
+    if entry is not None:
+        return entry.name
     raise ValueError(
         f"{name}={value!r} is not a communication manager: use 'deap.dtm.mpi4py' (transport 'mpi'), "
-        f"'deap.dtm.commManagerTCP' (transport 'tcp'), or one of {sorted(set(_POOLS) | {'auto'})}"
+        f"'deap.dtm.commManagerTCP' (transport 'tcp'), or one of {sorted({*_transports.names(), 'auto'})}"
     )
 
 
@@ -175,7 +151,7 @@ def warn_unknown(names: Any, where: str = "DTMExecutor()", stacklevel: int = 3) 
 
 def unexpected_keyword(key: str, where: str = "DTMExecutor()") -> TypeError:
     """What Python says of a keyword no parameter takes, with the closest known name."""
-    known = [*EXECUTOR_KEYWORDS, *_ALIASES, *set().union(*TRANSPORT_OPTIONS.values())]
+    known = [*EXECUTOR_KEYWORDS, *_ALIASES, *set().union(*_transports.all_options().values())]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return TypeError(f"{where} got an unexpected keyword argument {key!r}{hint}")
@@ -184,7 +160,7 @@ def unexpected_keyword(key: str, where: str = "DTMExecutor()") -> TypeError:
 def known_keyword(key: str) -> bool:
     """Whether `DTMExecutor` takes ``key`` (itself, as a DTM option, or for a transport)."""
     return (key in EXECUTOR_KEYWORDS or key in _ALIASES
-            or any(key in names for names in TRANSPORT_OPTIONS.values()))
+            or any(key in names for names in _transports.all_options().values()))
 
 
 def take_transport_options(options: dict[str, Any], kind: str, explicit: bool) -> dict[str, Any]:
@@ -192,13 +168,14 @@ def take_transport_options(options: dict[str, Any], kind: str, explicit: bool) -
     returned for its pool; an unknown name is a ``TypeError`` (a typo must not run with the
     defaults); an option of another transport is a ``ValueError`` if the caller named the
     transport (``explicit``), else unused: with ``transport="auto"`` a program may carry the
-    settings of the runs that end up on TCP. A transport registered elsewhere (not in
-    `TRANSPORT_OPTIONS`) gets everything; its pool pops what it knows."""
-    if kind not in TRANSPORT_OPTIONS:
+    settings of the runs that end up on TCP. A transport registered without a list of options
+    gets everything; its pool pops what it knows."""
+    every = _transports.all_options()
+    mine = _transports.options_of(kind)
+    if mine is None:
         out = dict(options)
         options.clear()
         return out
-    mine = TRANSPORT_OPTIONS[kind]
     out = {}
     unused = []
     for key in list(options):
@@ -206,7 +183,7 @@ def take_transport_options(options: dict[str, Any], kind: str, explicit: bool) -
         if key in mine:
             out[key] = value
             continue
-        owners = [k for k, names in TRANSPORT_OPTIONS.items() if key in names]
+        owners = [k for k, names in every.items() if key in names]
         if not owners:
             raise unexpected_keyword(key)
         if explicit:
@@ -260,7 +237,7 @@ def changes_for_executor(
             f"setOptions(): positional argument {a!r} is ignored (options are keywords)",
             DTMOptionWarning, stacklevel=stacklevel,
         )
-    fixed = set(FIXED_AT_START).union(*TRANSPORT_OPTIONS.values())
+    fixed = set(FIXED_AT_START).union(*_transports.all_options().values())
     values: dict[str, Any] = {}
     given: dict[str, str] = {}
     unknown = []
@@ -359,10 +336,3 @@ def global_granularity() -> float:
     with _lock:
         g = _global.get("task_granularity")
     return g or 0.0
-
-
-def split_for_start(opts: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """(transport or None, keyword arguments for `DTMExecutor`) from ``setOptions`` values."""
-    kw = dict(opts)
-    transport = kw.pop("transport", None)
-    return transport, kw

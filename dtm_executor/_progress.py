@@ -5,6 +5,8 @@ the ``dtm_executor`` logger at INFO level every `LOG_INTERVAL` seconds and once 
 batch job's log still says how far it got. Items count as done when their chunk's results reach
 the consumer of the map (the map reads only a bounded window ahead, so this is also how far the
 computation is).
+
+A leaf: imports no other module of the package (tqdm when a bar is drawn).
 """
 
 from __future__ import annotations

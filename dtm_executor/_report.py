@@ -7,6 +7,8 @@ Trace events recorded by each rank (``Node.trace``), all times are ``time.time()
 * ``("wait", start, duration, (owner, tid) | None, thread)`` — a task suspended on its children;
 * ``("steal", time, thief, ntasks)`` — this rank gave ``ntasks`` queued tasks to ``thief``;
 * ``("msg", time, dest, nbytes)`` — a message sent.
+
+A leaf: imports no other module of the package.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import os
 import time
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 Reports = dict[int, tuple[dict[str, Any], Any]]
 
@@ -138,6 +139,8 @@ def _chrome(rank: int, ev: tuple[Any, ...], t0: float) -> list[dict[str, Any]]:
 
 
 def _xml(rank: int, stats: dict[str, Any], trace: list[tuple[Any, ...]], ended: float) -> str:
+    from xml.sax.saxutils import quoteattr  # imported when used: it imports urllib, email and ssl
+
     out = ['<?xml version="1.0" encoding="utf-8"?>', f'<dtm worker="{rank}" host={quoteattr(str(stats.get("host", "")))} pid="{stats.get("pid", "")}">']
     out.append("  <tasksLog>")
     for ev in trace:

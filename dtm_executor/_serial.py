@@ -7,6 +7,8 @@ lambdas, closures, functions defined inside functions, every function of a ``__m
 workers cannot import (interactive, ``python -c``, a program read from stdin), and the functions
 and classes defined under the script's ``if __name__ == "__main__":`` (workers import the script
 without running that block). Protocol 5 keeps large buffers out of band.
+
+A leaf: imports no other module of the package.
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ _GUARD: list[frozenset[str] | None] = [None]
 def refresh_main_policy() -> None:
     _BY_REFERENCE_OK[0] = _main_travels_by_reference()
     _GUARD[0] = None
+
+
+def main_by_value() -> None:
+    """From now on the main module's functions travel by value (workers will not import it)."""
+    _BY_REFERENCE_OK[0] = False
 
 
 refresh_main_policy()

@@ -21,6 +21,8 @@ None at once, so the unguarded ``dtm.start(main)`` of DTM programs is fine.
 Every other function works in the root task and inside tasks at any depth, on the executor of
 the worker running the task. Outside ``dtm.start`` they use the most recently created live
 `DTMExecutor`, so DTM-style code also runs inside ``with DTMExecutor() as ex:``.
+
+An entry point: built on the executor and the DTM layer.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import _control, _local, _options
+from . import _control, _lifecycle, _options
 from ._control import AsyncResult
-from ._executor import DTMExecutor, current_executor
+from ._executor import DTMExecutor, _choose_transport, current_executor
 from ._futures import executing_worker
 from ._options import DTMOptionWarning
+from ._transports import worker
 
 __all__ = [
     "AsyncResult",
@@ -69,7 +72,7 @@ def _executor() -> DTMExecutor:
     if executing_worker() is not None:
         return current_executor()
     ex = _running[0]
-    if isinstance(ex, DTMExecutor) and not ex._shutdown:
+    if isinstance(ex, DTMExecutor) and not _lifecycle.is_shut_down(ex):
         return ex
     try:
         return current_executor()
@@ -96,7 +99,7 @@ def setOptions(*args: Any, **kwargs: Any) -> None:
     ``printSummary``, ``setTraceMode``, ``traceDir``, ``taskGranularity`` (or their Python-style
     names, and `DTMExecutor` arguments such as ``max_workers``). May be called several times.
     A wrong value raises ``ValueError`` here; an unknown name is a warning when `start` runs."""
-    in_worker = _local.booting() or executing_worker() is not None
+    in_worker = worker.booting() or executing_worker() is not None
     if _running[0] is not None and not in_worker:
         warnings.warn(
             "dtm.setOptions() was called after dtm.start(); the options are not considered",
@@ -111,8 +114,6 @@ def _under_mpi_launcher() -> bool:
 
 
 def _pick_transport(transport: str | None) -> str:
-    from ._executor import _choose_transport
-
     if transport is None or transport == "auto":
         return "auto"
     try:
@@ -164,7 +165,7 @@ def start(initialTarget: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     In a worker process importing the main script it returns None at once (workers wait for
     tasks instead). Call it from the main program, once per run; not inside a task.
     """
-    if _local.booting():
+    if worker.booting():
         return None
     if executing_worker() is not None:
         raise RuntimeError("dtm.start() cannot be called inside a task; call the function instead")

@@ -5,6 +5,8 @@ shape of the task tree) from the ``log<rank>.xml`` files; ``--plot out.png`` als
 per worker thread with tasks as bars coloured by function, waits hatched, and the workers'
 utilisation over time (needs matplotlib: ``pip install 'dtm_executor[trace]'``). Only the files
 are read, so a trace copied from a cluster can be looked at anywhere.
+
+An entry point: reads trace files only (imports the leaf `_report`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dtm_executor import _executor
+from dtm_executor import _transports
 
 GUIDE = Path(__file__).resolve().parent.parent / "examples" / "dtm_guide"
 TIMEOUT = 120
@@ -131,7 +131,7 @@ def test_deap_tutorial_onemax(tmp_path):
     assert m and int(m.group(1)) >= 90, proc.stdout
 
 
-@pytest.mark.skipif("mpi" not in _executor._POOLS, reason="the MPI transport is not installed")
+@pytest.mark.skipif(_transports.find("mpi") is None, reason="the MPI transport is not installed")
 def test_guide_programs_under_mpiexec(tmp_path):
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     if mpiexec is None:
@@ -155,7 +155,7 @@ GUIDE_PROGRAMS = ["intro", "isolation", "logfile", "nested_function", "active_wa
                   "exceptions", "deap_onemax"]
 
 
-@pytest.mark.skipif("mpi" not in _executor._POOLS, reason="the MPI transport is not installed")
+@pytest.mark.skipif(_transports.find("mpi") is None, reason="the MPI transport is not installed")
 @pytest.mark.parametrize("name", GUIDE_PROGRAMS)
 def test_every_guide_program_under_mpiexec_as_locally(tmp_path, name):
     """The guide's own command line (`mpirun -n N python myProgram.py`) on every program: the

@@ -209,15 +209,16 @@ def test_bad_transport_names(monkeypatch):
 
 
 def test_the_option_lists_match_the_code():
-    """TRANSPORT_OPTIONS (what DTMExecutor accepts for each transport, checked before any worker
+    """The TCP transport's registered options (what DTMExecutor accepts for each transport, checked before any worker
     starts) must list exactly what the pools read; EXECUTOR_KEYWORDS, DTMExecutor's parameters."""
     import inspect
     import re
 
-    from dtm_executor import _ssh
+    from dtm_executor import _transports
+    from dtm_executor._transports import tcp
 
-    read = set(re.findall(r'_pop\(options, "(\w+)"', inspect.getsource(_ssh.TcpPool)))
-    assert read == set(_options.TRANSPORT_OPTIONS["tcp"])
+    read = set(re.findall(r'_pop\(options, "(\w+)"', inspect.getsource(tcp.TcpPool)))
+    assert read == set(_transports.options_of("tcp") or ())
     params = [p for p in inspect.signature(DTMExecutor.__init__).parameters.values()
               if p.name != "self" and p.kind is not p.VAR_KEYWORD]
     assert [p.name for p in params] == list(_options.EXECUTOR_KEYWORDS)

@@ -300,7 +300,7 @@ def test_worker_rank_import_failure_ends_the_job(tmp_path: Path) -> None:
 TRANSPORT = '''
 import sys, threading
 import numpy as np
-from dtm_executor import _mpi
+from dtm_executor._transports import mpi as _mpi
 
 eng = _mpi._engine()
 rank, size = eng.rank, eng.size
@@ -386,7 +386,7 @@ def test_thread_level_below_serialized_still_works(tmp_path: Path) -> None:
 
 # -- choosing the transport --------------------------------------------------------------------------
 def test_world_size_from_the_environment() -> None:
-    from dtm_executor._mpi import world_size_from_env
+    from dtm_executor._transports.mpi import world_size_from_env
 
     assert world_size_from_env({}) is None
     assert world_size_from_env({"HOME": "/root", "SLURM_NTASKS": "8"}) is None  # sbatch, no srun

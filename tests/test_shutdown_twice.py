@@ -9,7 +9,7 @@ import os
 import pytest
 
 from dtm_executor import DTMExecutor
-from dtm_executor._transport import _Waker
+from dtm_executor._transports.framing import _Waker
 
 
 @pytest.mark.timeout(180)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 
 from dtm_executor import DTMExecutor, current_executor
-from dtm_executor import _tcp
+from dtm_executor._transports import tcp as _tcp
 
 FLOOD = r'''
 import os, socket, sys, time

@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtm_executor import DTMExecutor, current_executor
-from dtm_executor import _tcp
-from dtm_executor._transport import FrameError
+from dtm_executor._transports import tcp as _tcp
+from dtm_executor._transports import framing
+from dtm_executor._transports.framing import FrameError
 
 SECRET = bytes(range(32))
 
@@ -57,7 +58,7 @@ def payloads(marker: Path) -> list[bytes]:
     """The same malicious pickle as raw bytes, as a frame list, and as a frame list after a
     plausible header."""
     p = pickle.dumps(Mark(marker), 5)
-    framed = b"".join(_tcp.encode(0, [p, p]))
+    framed = b"".join(framing.encode(0, [p, p]))
     return [p, framed, b"\0" * 8 + framed]
 
 
@@ -219,8 +220,8 @@ messages = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(msgs=messages, cuts=st.lists(st.integers(0, 4000), max_size=12))
 def test_fuzz_parser_roundtrip_in_any_chunking(msgs: list[tuple[int, list[bytes]]], cuts: list[int]) -> None:
-    wire = b"".join(b"".join(bytes(v) for v in _tcp.encode(p, fr)) for p, fr in msgs)
-    parser = _tcp.FrameParser(max_bytes=1 << 20)
+    wire = b"".join(b"".join(bytes(v) for v in framing.encode(p, fr)) for p, fr in msgs)
+    parser = framing.FrameParser(max_bytes=1 << 20)
     got = []
     prev = 0
     for c in sorted({min(c, len(wire)) for c in cuts} | {len(wire)}):
@@ -234,8 +235,8 @@ def test_fuzz_parser_roundtrip_in_any_chunking(msgs: list[tuple[int, list[bytes]
 @given(size=st.integers((1 << 16) + 200, 1 << 18), split=st.integers(1, 200))
 def test_parser_direct_reads_of_large_bodies(size: int, split: int) -> None:
     body = os.urandom(size)
-    wire = b"".join(bytes(v) for v in _tcp.encode(3, [b"head", body]))
-    parser = _tcp.FrameParser(max_bytes=1 << 20)
+    wire = b"".join(bytes(v) for v in framing.encode(3, [b"head", body]))
+    parser = framing.FrameParser(max_bytes=1 << 20)
     out = parser.feed(wire[: 28 + split])
     assert out == []
     target = parser.direct()
@@ -249,7 +250,7 @@ def test_parser_direct_reads_of_large_bodies(size: int, split: int) -> None:
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=600), chunk=st.integers(1, 64))
 def test_fuzz_parser_never_exceeds_its_caps(data: bytes, chunk: int) -> None:
-    parser = _tcp.FrameParser(max_bytes=256, max_frames=8)
+    parser = framing.FrameParser(max_bytes=256, max_frames=8)
     try:
         for i in range(0, len(data), chunk):
             for _, frames in parser.feed(data[i : i + chunk]):
@@ -260,14 +261,14 @@ def test_fuzz_parser_never_exceeds_its_caps(data: bytes, chunk: int) -> None:
 
 
 def test_parser_refuses_oversized_before_allocating() -> None:
-    parser = _tcp.FrameParser(max_bytes=1 << 20)
+    parser = framing.FrameParser(max_bytes=1 << 20)
     with pytest.raises(FrameError, match="exceeds"):
-        parser.feed(_tcp._HDR.pack(0, 1) + _tcp._LEN.pack(1 << 62))
+        parser.feed(framing._HDR.pack(0, 1) + framing._LEN.pack(1 << 62))
     with pytest.raises(FrameError, match="frames"):
-        _tcp.FrameParser().feed(_tcp._HDR.pack(0, 2**32 - 1))
+        framing.FrameParser().feed(framing._HDR.pack(0, 2**32 - 1))
     # the sum counts, not only each frame
     with pytest.raises(FrameError):
-        _tcp.FrameParser(max_bytes=100).feed(_tcp._HDR.pack(0, 2) + _tcp._LEN.pack(60) * 2)
+        framing.FrameParser(max_bytes=100).feed(framing._HDR.pack(0, 2) + framing._LEN.pack(60) * 2)
 
 
 # -- a live listener ----------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def test_listener_refuses_every_unauthenticated_attack(listener: Any, marker: Pa
     attacks += [
         ("garbage", os.urandom(500)),
         ("magic then garbage", _tcp.MAGIC + os.urandom(200)),
-        ("oversized frame header", _tcp._HDR.pack(0, 1) + _tcp._LEN.pack(1 << 62) + payloads(marker)[0]),
+        ("oversized frame header", framing._HDR.pack(0, 1) + framing._LEN.pack(1 << 62) + payloads(marker)[0]),
         ("zero-length handshake", b""),
     ]
     for name, data in attacks:
@@ -398,7 +399,7 @@ def drain(hub: _tcp.TcpHubTransport, seconds: float) -> list[Any]:
 def test_oversized_frame_from_an_authenticated_peer_drops_it(hub: Any, marker: Path) -> None:
     h, (c1, c2) = hub
     p = pickle.dumps(Mark(marker))
-    c1.conn.send([memoryview(_tcp._HDR.pack(0, 2) + _tcp._LEN.pack(len(p)) + _tcp._LEN.pack(1 << 17) + p)])
+    c1.conn.send([memoryview(framing._HDR.pack(0, 2) + framing._LEN.pack(len(p)) + framing._LEN.pack(1 << 17) + p)])
     c2.send(0, [b"still here"])
     got = drain(h, 1.0)
     assert (1, None) in got  # rank 1 is reported lost; its frames were never delivered
@@ -411,7 +412,7 @@ def test_oversized_frame_from_an_authenticated_peer_drops_it(hub: Any, marker: P
 @pytest.mark.timeout(60)
 def test_half_sent_frame_never_blocks_rank_0(hub: Any, marker: Path) -> None:
     h, (c1, c2) = hub
-    wire = b"".join(bytes(v) for v in _tcp.encode(0, [pickle.dumps(Mark(marker))]))
+    wire = b"".join(bytes(v) for v in framing.encode(0, [pickle.dumps(Mark(marker))]))
     c1.conn.send([memoryview(wire[: len(wire) // 2])])  # ...and then silence
     t0 = time.monotonic()
     assert drain(h, 0.3) == []
@@ -482,7 +483,7 @@ def _fake_rank0(reply: Any, marker: Path) -> tuple[socket.socket, threading.Thre
             c.sendall(server.challenge())
             resp = c.recv(_tcp.RESPONSE_SIZE, socket.MSG_WAITALL)
             seen.append(resp)
-            init = b"".join(bytes(v) for v in _tcp.encode(0, [pickle.dumps(1), pickle.dumps(Mark(marker)),
+            init = b"".join(bytes(v) for v in framing.encode(0, [pickle.dumps(1), pickle.dumps(Mark(marker)),
                                                               pickle.dumps(Mark(marker))]))
             try:
                 c.sendall(reply(resp) + init)
@@ -505,7 +506,7 @@ def test_worker_refuses_a_fake_rank_0(kind: str, marker: Path) -> None:
     srv, t, seen = _fake_rank0(reply, marker)
     cfg = {"v": 1, "host": "127.0.0.1", "port": srv.getsockname()[1], "rank": 1, "secret": SECRET.hex(),
            "tls": None, "connect_timeout": 5, "handshake_timeout": 5, "max_frame_bytes": 1 << 20}
-    proc = subprocess.Popen([sys.executable, "-c", "from dtm_executor._ssh import tcp_worker_main; tcp_worker_main()"],
+    proc = subprocess.Popen([sys.executable, "-c", "from dtm_executor._transports.tcp import worker_main; worker_main()"],
                             stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdin is not None

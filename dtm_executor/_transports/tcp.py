@@ -19,9 +19,13 @@ connection. The HMAC authenticates the *connection set-up*, not each later byte:
 confidentiality and integrity on an untrusted network, turn on TLS (the ``ssl`` module, through
 memory BIOs so that reads and writes from different threads never share an ``SSLSocket``).
 
-Framing: ``<i peer><I count>``, ``count`` x ``<Q length>``, then the bodies. Frames are parsed
-incrementally from non-blocking sockets, so a half-sent frame from a dying or hostile peer never
-blocks rank 0; message size and frame count are capped (``max_frame_bytes``).
+Framing: `framing`'s wire format, parsed incrementally (`framing.FrameParser`) from non-blocking
+sockets, so a half-sent frame from a dying or hostile peer never blocks rank 0; message size and
+frame count are capped (``max_frame_bytes``).
+
+Workers: `TcpPool` (``transport="tcp"``) starts them on this machine as subprocesses and on
+other hosts through ssh (`ssh`); each runs `worker_main`. Imports `base`, `framing`, `ssh`,
+`worker` and the leaves.
 """
 
 from __future__ import annotations
@@ -30,25 +34,40 @@ import collections
 import errno
 import hashlib
 import hmac
+import json
 import logging
 import math
+import os
 import secrets
 import select
 import selectors
+import signal
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence, cast
 
-from ._log import brief_exc
-from ._transport import Buffer, FrameError, Received, _Forwarder, _Pending, _Waker, _WorkerEnd
+from .. import _hostfile
+from .._errors import BrokenDTMExecutor
+from .._hostfile import HostSpec
+from . import ssh, worker
+from .base import Buffer, WorkerStart
+from .framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameError,
+    FrameParser,
+    StarHub,
+    StarWorker,
+    _Pending,
+    _Waker,
+    encode,
+)
 
 log = logging.getLogger("dtm_executor")
-
-_HDR = struct.Struct("<iI")  # peer rank, number of frames (as in _transport._Channel)
-_LEN = struct.Struct("<Q")
 
 MAGIC = b"DTMXTCP1"
 _NONCE = 32
@@ -58,11 +77,6 @@ CHALLENGE_SIZE = len(MAGIC) + _NONCE
 RESPONSE_SIZE = len(MAGIC) + _RANK.size + _NONCE + _MACLEN
 REPLY_SIZE = _MACLEN
 
-#: Default cap on one message (all frames of one send), in bytes.
-DEFAULT_MAX_FRAME_BYTES = 1 << 32
-#: Cap on the number of frames in one message (a pickle plus its out-of-band buffers).
-MAX_FRAMES = 1 << 20
-_DIRECT = 1 << 16  # bodies with at least this much left are read straight into place
 
 
 class AuthError(ConnectionError):
@@ -131,118 +145,6 @@ class ClientHandshake:
         want = _mac(self._secret, b"server", self._nonce0, self.nonce, self.rank)
         if len(reply) != REPLY_SIZE or not hmac.compare_digest(bytes(reply), want):
             raise AuthError("rank 0 did not prove knowledge of the key")
-
-
-# -- frame parsing (pure as well) --------------------------------------------------------------
-class FrameParser:
-    """Incremental parser of frame lists: fed arbitrary chunks, yields complete messages.
-
-    Lengths are checked against the caps before anything is allocated for them; a violation
-    raises `FrameError` and the connection must be dropped (the stream cannot be resynchronised).
-    """
-
-    __slots__ = ("max_bytes", "max_frames", "_state", "_buf", "_have", "_peer", "_sizes", "_body", "_pos")
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_frames: int = MAX_FRAMES) -> None:
-        self.max_bytes = max_bytes
-        self.max_frames = max_frames
-        self._state = 0  # 0: header, 1: length table, 2: bodies
-        self._buf = bytearray(_HDR.size)
-        self._have = 0
-        self._peer = 0
-        self._sizes: list[int] = []
-        self._body = bytearray()
-        self._pos = 0
-
-    @property
-    def mid_message(self) -> bool:
-        return self._state != 0 or self._have != 0
-
-    def feed(self, data: Buffer) -> list[tuple[int, list[memoryview]]]:
-        view = memoryview(data).cast("B")
-        out: list[tuple[int, list[memoryview]]] = []
-        i, n = 0, view.nbytes
-        while i < n:
-            if self._state == 2:
-                take = min(n - i, len(self._body) - self._pos)
-                self._body[self._pos : self._pos + take] = view[i : i + take]
-                self._pos += take
-                i += take
-                if self._pos == len(self._body):
-                    out.append(self._emit())
-                continue
-            need = len(self._buf) - self._have
-            take = min(need, n - i)
-            self._buf[self._have : self._have + take] = view[i : i + take]
-            self._have += take
-            i += take
-            if self._have == len(self._buf):
-                done = self._header_done() if self._state == 0 else self._sizes_done()
-                if done:
-                    out.append(self._emit())
-        return out
-
-    def direct(self) -> memoryview | None:
-        """Where to read the rest of a large body straight into (None: use `feed`)."""
-        if self._state == 2 and len(self._body) - self._pos >= _DIRECT:
-            return memoryview(self._body)[self._pos :]
-        return None
-
-    def advance(self, n: int) -> list[tuple[int, list[memoryview]]]:
-        """Account for ``n`` bytes written into the view `direct` returned."""
-        self._pos += n
-        if self._pos == len(self._body):
-            return [self._emit()]
-        return []
-
-    def _header_done(self) -> bool:
-        self._peer, count = _HDR.unpack(self._buf)
-        if count > self.max_frames:
-            raise FrameError(f"a message of {count} frames exceeds the limit of {self.max_frames}")
-        self._sizes = []
-        if count == 0:
-            self._body = bytearray()
-            return True
-        self._state = 1
-        self._buf = bytearray(_LEN.size * count)
-        self._have = 0
-        return False
-
-    def _sizes_done(self) -> bool:
-        sizes = [s for (s,) in _LEN.iter_unpack(self._buf)]
-        total = sum(sizes)
-        if total > self.max_bytes:
-            raise FrameError(f"a message of {total} bytes exceeds the limit of {self.max_bytes}")
-        self._sizes = sizes
-        self._body = bytearray(total)
-        self._pos = 0
-        if total == 0:
-            return True
-        self._state = 2
-        return False
-
-    def _emit(self) -> tuple[int, list[memoryview]]:
-        view = memoryview(self._body)
-        frames = []
-        pos = 0
-        for s in self._sizes:
-            frames.append(view[pos : pos + s])
-            pos += s
-        peer = self._peer
-        self._state = 0
-        self._buf = bytearray(_HDR.size)
-        self._have = 0
-        self._sizes = []
-        self._body = bytearray()
-        self._pos = 0
-        return peer, frames
-
-
-def encode(peer: int, frames: Sequence[Buffer]) -> list[memoryview]:
-    """The wire form of one message, as a list of views (the bodies are not copied)."""
-    views = [memoryview(f).cast("B") for f in frames]
-    head = _HDR.pack(peer, len(views)) + b"".join(_LEN.pack(v.nbytes) for v in views)
-    return [memoryview(head)] + [v for v in views if v.nbytes]
 
 
 # -- connections -------------------------------------------------------------------------------
@@ -439,7 +341,9 @@ class _Conn:
 
 
 class TcpChannel:
-    """An authenticated connection carrying frame lists."""
+    """An authenticated connection carrying frame lists (a channel of `framing`'s star)."""
+
+    buffered = True  # TLS records and the parser may hold input the socket no longer shows
 
     def __init__(self, conn: _Conn, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.conn = conn
@@ -451,6 +355,10 @@ class TcpChannel:
     @property
     def sock(self) -> socket.socket:
         return self.conn.sock
+
+    @property
+    def mid_message(self) -> bool:
+        return self.parser.mid_message
 
     def send(self, peer: int, frames: Sequence[Buffer]) -> None:
         views = encode(peer, frames)
@@ -1000,156 +908,454 @@ def _fd_budget() -> int:
 
 
 # -- transports --------------------------------------------------------------------------------
-class TcpHubTransport:
-    """Rank 0's end: one authenticated channel per worker, and a thread forwarding between them."""
+class TcpHubTransport(StarHub):
+    """Rank 0's end: one authenticated channel per worker (the star of `framing`), and the
+    listener that authenticates them."""
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self.channels: dict[int, TcpChannel] = {}
-        self._new: collections.deque[tuple[int, TcpChannel]] = collections.deque()
-        self._sel = selectors.DefaultSelector()
-        self._waker = _Waker()
-        self._sel.register(self._waker.r, selectors.EVENT_READ, None)
-        self._pending: collections.deque[Received] = collections.deque()
-        self._hot: set[int] = set()
-        self._closed = False
+        super().__init__(size, log_losses=True)
         self.listener: Listener | None = None
-        self._fwd = _Forwarder(self.channels.get, (OSError, FrameError))
-
-    @property
-    def rank(self) -> int:
-        return 0
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def add(self, rank: int, ch: TcpChannel) -> None:
-        """Start serving an authenticated channel (safe from any thread)."""
-        self._size = max(self._size, rank + 1)
-        self.channels[rank] = ch
-        self._new.append((rank, ch))
-        self._waker.wake()
-
-    def send(self, dest: int, frames: Sequence[Buffer]) -> None:
-        ch = self.channels.get(dest)
-        if ch is None:
-            raise OSError(errno.ENOTCONN, f"no connection to rank {dest}")
-        ch.send(0, frames)
-
-    def recv(self, timeout: float | None = None) -> Received | None:
-        if self._pending:
-            return self._pending.popleft()
-        if self._closed:
-            return None
-        while self._new:
-            rank, ch = self._new.popleft()
-            if self.channels.get(rank) is ch:
-                self._sel.register(ch.sock, selectors.EVENT_READ, rank)
-                self._hot.add(rank)  # bytes may have arrived before registration
-        try:
-            events = self._sel.select(0 if self._hot else timeout)
-        except (OSError, ValueError):
-            return None
-        ready = set(self._hot)
-        for key, _ in events:
-            if key.data is None:
-                self._waker.drain()
-            else:
-                ready.add(key.data)
-        for rank in ready:
-            self._pump(rank)
-        return self._pending.popleft() if self._pending else None
-
-    def _pump(self, rank: int) -> None:
-        ch = self.channels.get(rank)
-        if ch is None:
-            self._hot.discard(rank)
-            return
-        msgs, err, more = ch.pump()
-        for dest, frames in msgs:
-            if dest == 0:
-                self._pending.append((rank, frames))
-            elif 0 < dest < self._size:
-                self._fwd.put(dest, rank, frames)
-            else:
-                err = FrameError(f"rank {rank} addressed a message to rank {dest}")
-                break
-        if more and err is None:
-            self._hot.add(rank)
-        else:
-            self._hot.discard(rank)
-        if err is not None:
-            if isinstance(err, EOFError) and not ch.parser.mid_message:
-                log.debug("rank %d closed its connection", rank)
-            else:
-                log.warning("dropping the connection of rank %d: %s", rank, brief_exc(err))
-            self._drop(rank)
-            self._pending.append((rank, None))
-
-    def _drop(self, rank: int) -> None:
-        ch = self.channels.pop(rank, None)
-        self._hot.discard(rank)
-        if ch is None:
-            return
-        try:
-            self._sel.unregister(ch.sock)
-        except (KeyError, ValueError, OSError):
-            pass
-        ch.close()
-
-    def wakeup(self) -> None:
-        self._waker.wake()
 
     def close(self) -> None:
-        self._closed = True
-        self._fwd.close()
         if self.listener is not None:
             self.listener.close()
-        for rank in list(self.channels):
-            self._drop(rank)
-        while self._new:
-            self._new.popleft()[1].close()
-        try:
-            self._sel.close()
-        except Exception:  # noqa: BLE001
-            pass
-        self._waker.close()
+        super().close()
 
 
-class TcpWorkerTransport(_WorkerEnd):
+class TcpWorkerTransport(StarWorker):
     """A worker's end: everything goes through its channel to rank 0."""
 
     def __init__(self, ch: TcpChannel, rank: int, size: int) -> None:
-        super().__init__(ch, rank, size)
-        self._queue: collections.deque[Received] = collections.deque(ch.backlog)
-        ch.backlog.clear()
-        self._hot = False
-        self._lost = False
+        super().__init__(ch, rank, size, log_losses=True)
 
-    def recv(self, timeout: float | None = None) -> Received | None:
-        if self._queue:
-            return self._queue.popleft()
-        if self._lost:
-            return (0, None)
+
+# -- the pool ----------------------------------------------------------------------------------
+class _Launch:
+    """One started process: a local worker, or the ssh client of one remote host."""
+
+    def __init__(self, host: str, ranks: list[int], proc: subprocess.Popen[bytes], remote: bool) -> None:
+        self.host = host
+        self.ranks = ranks
+        self.proc = proc
+        self.remote = remote
+        self.tail: collections.deque[bytes] = collections.deque(maxlen=64)
+        self.forwarder = threading.Thread(target=self._forward, name="dtm-stderr", daemon=True)
+        self.forwarder.start()
+
+    def _forward(self) -> None:
+        """Copy the process's stderr to ours as it comes, keeping the end for error messages."""
+        pipe = self.proc.stderr
+        assert pipe is not None
+        fd = pipe.fileno()
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            self.tail.append(data)
+            try:
+                sys.stderr.write(data.decode("utf-8", "replace"))
+                sys.stderr.flush()
+            except Exception:  # noqa: BLE001 - a closed or replaced stderr must not kill us
+                pass
         try:
-            events = self._sel.select(0 if self._hot else timeout)
-        except (OSError, ValueError):
-            self._lost = True
-            return (0, None)
-        readable = self._hot
-        for key, _ in events:
-            if key.data is None:
-                self._waker.drain()
+            pipe.close()
+        except OSError:
+            pass
+
+    def last_output(self, limit: int = 2000) -> str:
+        text = b"".join(self.tail).decode("utf-8", "replace").strip()
+        if len(text) > limit:
+            text = "..." + text[-limit:]
+        return text
+
+    def send_config(self, cfg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it died already: reported by the start-up check
+
+    def close_stdin(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _pop(options: dict[str, Any], key: str, default: Any = None) -> Any:
+    return options.pop(key, default)
+
+
+class TcpPool:
+    """The workers of one ``transport="tcp"`` executor, and rank 0's listening socket.
+
+    Keyword options (popped from ``options``): ``hostfile``, ``hosts``, ``ssh_command`` (str or
+    argv list, default ``"ssh"``), ``remote_python`` (shell text, default this interpreter's
+    path), ``remote_dir`` (default the current directory), ``tls_cert``, ``tls_key``, ``tls_ca``,
+    ``connect_timeout`` (ssh and TCP connects, default 10 s), ``start_timeout`` (until every
+    worker has authenticated, default 60 s), ``listen_address`` and ``port`` (what rank 0 binds
+    and workers connect to), ``max_frame_bytes``.
+    """
+
+    def __init__(self, max_workers: int, start: WorkerStart, options: dict[str, Any]) -> None:
+        hostfile = _pop(options, "hostfile")
+        hosts = _pop(options, "hosts")
+        ssh_command = _pop(options, "ssh_command", "ssh")
+        remote_python = _pop(options, "remote_python")
+        remote_dir = _pop(options, "remote_dir")
+        tls_cert = _pop(options, "tls_cert")
+        tls_key = _pop(options, "tls_key")
+        tls_ca = _pop(options, "tls_ca")
+        self.connect_timeout = float(_pop(options, "connect_timeout", 10.0))
+        self.start_timeout = float(_pop(options, "start_timeout", 60.0))
+        handshake_timeout = float(_pop(options, "handshake_timeout", 10.0))
+        listen_address = _pop(options, "listen_address")
+        port = int(_pop(options, "port", 0))
+        max_frame_bytes = int(_pop(options, "max_frame_bytes", DEFAULT_MAX_FRAME_BYTES))
+        if (tls_key or tls_ca) and not tls_cert:
+            raise ValueError("tls_key= and tls_ca= need tls_cert=")
+
+        specs = _hostfile.resolve_hosts(hostfile, hosts)
+        if specs is None:
+            specs = [HostSpec("localhost", max_workers)]
+        elif max_workers != sum(s.slots for s in specs):
+            log.debug("tcp transport: the hosts define %d workers", sum(s.slots for s in specs))
+        self.specs = specs
+        nworkers = sum(s.slots for s in specs)
+        self.workers = list(range(1, nworkers + 1))
+        self.local_worker = False
+        self.hosts: dict[int, str] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._launches: list[_Launch] = []
+        self._by_rank: dict[int, _Launch] = {}
+        self._cv = threading.Condition()
+        self._chans: dict[int, TcpChannel] = {}
+        self._failed = False
+
+        remote = [s.host for s in specs if not s.is_local]
+        route = {h: ssh.route_address(h) for h in remote}
+        if listen_address:
+            bind = listen_address
+        elif not remote:
+            bind = "127.0.0.1"  # local-only runs never listen beyond loopback
+        else:
+            known = set(route.values())
+            if None not in known and len(known) == 1:
+                bind = known.pop()  # type: ignore[assignment]
+            elif any(a and ":" in a for a in known):
+                bind = "::"
             else:
-                readable = True
-        if readable:
-            msgs, err, more = self._ch.pump()
-            self._queue.extend(msgs)
-            self._hot = more and err is None
-            if err is not None:
-                if not isinstance(err, EOFError):
-                    log.warning("connection to rank 0 failed: %s", brief_exc(err))
-                self._lost = True
-                self._queue.append((0, None))
-        return self._queue.popleft() if self._queue else None
+                bind = "0.0.0.0"
+        local_addr = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
+
+        tls_files = None
+        server_ctx = None
+        if tls_cert:
+            tls_files = {k: os.path.abspath(v) for k, v in
+                         (("cert", tls_cert), ("key", tls_key), ("ca", tls_ca)) if v}
+            server_ctx = server_context(tls_files["cert"], tls_files.get("key"), tls_files.get("ca"))
+            client_context(**tls_files)  # fail here, not on every worker, if files are bad
+
+        secret = os.urandom(32)  # per run; only ever written to the workers' standard input
+        self.transport = TcpHubTransport(nworkers + 1)
+        try:
+            listener = Listener(
+                secret, bind, port, on_auth=self._on_auth, tls=server_ctx,
+                handshake_timeout=handshake_timeout, max_frame_bytes=max_frame_bytes,
+            )
+        except OSError as e:
+            self.transport.close()
+            raise BrokenDTMExecutor(f"cannot listen on {bind}:{port}: {e}") from e
+        self.transport.listener = listener
+        self.address = listener.address
+        listener.expect(self.workers)
+
+        self._lock = threading.Lock()
+        self._closed = False
+        self._replacing = True
+        self._next_rank = nworkers + 1
+        self._start = start
+        self._replace_ctx = (ssh_command, remote_python, remote_dir, listen_address, route, local_addr)
+        base = {
+            "v": 1,
+            "port": self.address[1],
+            "secret": secret.hex(),
+            "tls": tls_files,
+            "connect_timeout": self.connect_timeout,
+            "handshake_timeout": handshake_timeout,
+            "start_timeout": self.start_timeout,
+            "max_frame_bytes": max_frame_bytes,
+        }
+        self._base = base
+        try:
+            rank = 1
+            for spec in specs:
+                ranks = list(range(rank, rank + spec.slots))
+                rank += spec.slots
+                for r in ranks:
+                    self.hosts[r] = spec.host
+                if spec.is_local:
+                    for r in ranks:
+                        launch = self._start_local(r)
+                        launch.send_config(dict(base, host=local_addr, rank=r))
+                else:
+                    launch = self._start_remote(spec.host, ranks, ssh_command, remote_python, remote_dir)
+                    launch.send_config(dict(base, host=listen_address or route[spec.host], ranks=ranks))
+            self._wait_started(BrokenDTMExecutor)
+            for r in self.workers:
+                ch = self._chans[r]
+                try:
+                    where = remote_dir if self._by_rank[r].remote else None
+                    ch.send(0, start.frames(r, nworkers + 1, remote_dir=where))
+                except (OSError, FrameError):
+                    pass  # its loss is reported by the transport
+                self.transport.add(r, ch)
+        except BaseException:
+            with self._cv:
+                self._failed = True
+            self.kill()
+            for ch in self._chans.values():
+                ch.close()
+            self.transport.close()
+            raise
+
+    # -- replacing a lost worker -------------------------------------------------------------
+    def replace(
+        self,
+        dead: int,
+        workers: list[int],
+        call_soon: Callable[[Callable[[], None]], None],
+        on_ready: Callable[[int], None],
+        on_failed: Callable[[int, str], None],
+    ) -> int | None:
+        """Start a worker (a new rank) on the host of ``dead``; None if we no longer replace.
+
+        The start (ssh, connect, authenticate) runs in a thread of its own; the new rank joins
+        on the communication thread (``call_soon``), before its first request can arrive.
+        """
+        with self._lock:
+            if self._closed or not self._replacing:
+                return None
+            rank = self._next_rank
+            self._next_rank += 1
+        host = self.hosts.get(dead, "localhost")
+        self.hosts[rank] = host
+        live = [w for w in workers if w != dead] + [rank]
+        threading.Thread(target=self._start_replacement, name=f"dtm-replace-{rank}", daemon=True,
+                         args=(rank, host, live, call_soon, on_ready, on_failed)).start()
+        return rank
+
+    def _start_replacement(
+        self, rank: int, host: str, live: list[int], call_soon: Callable[[Callable[[], None]], None],
+        on_ready: Callable[[int], None], on_failed: Callable[[int, str], None],
+    ) -> None:
+        ssh_command, remote_python, remote_dir, listen_address, route, local_addr = self._replace_ctx
+        listener = self.transport.listener
+        try:
+            assert listener is not None
+            listener.expect([rank])
+            spec_local = _hostfile.is_local(host)
+            with self._lock:
+                if self._closed:
+                    return
+                if spec_local:
+                    launch = self._start_local(rank)
+                    launch.send_config(dict(self._base, host=local_addr, rank=rank))
+                else:
+                    launch = self._start_remote(host, [rank], ssh_command, remote_python, remote_dir)
+                    launch.send_config(dict(self._base, host=listen_address or route.get(host), ranks=[rank]))
+            deadline = time.monotonic() + self.start_timeout
+            with self._cv:
+                while rank not in self._chans and not self._closed:
+                    if launch.proc.poll() is not None or time.monotonic() >= deadline:
+                        raise OSError(self._describe_failure(launch))
+                    self._cv.wait(0.05)
+                ch = self._chans.get(rank)
+            if ch is None:
+                return  # shut down meanwhile
+            where = remote_dir if launch.remote else None
+            ch.send(0, self._start.frames(rank, rank + 1, workers=live, remote_dir=where))
+        except Exception as e:  # noqa: BLE001 - reported on the communication thread
+            text = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            call_soon(lambda: on_failed(rank, text))
+            return
+
+        def join() -> None:
+            on_ready(rank)
+            self.transport.add(rank, ch)
+
+        call_soon(join)
+
+    def stop_replacing(self, rank: int) -> None:
+        with self._lock:
+            self._replacing = False
+
+    # -- starting ------------------------------------------------------------------------
+    def _start_local(self, rank: int) -> _Launch:
+        env = dict(os.environ)
+        env["DTM_EXECUTOR_RANK"] = str(rank)
+        cmd = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", ssh.WORKER_BOOT]  # type: ignore[attr-defined]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True)
+        return self._track(_Launch("localhost", [rank], proc, remote=False))
+
+    def _start_remote(
+        self, host: str, ranks: list[int], ssh_command: Any, remote_python: str | None, remote_dir: str | None
+    ) -> _Launch:
+        proc = ssh.start_host(host, ranks, ssh_command, remote_python, remote_dir, self.connect_timeout)
+        return self._track(_Launch(host, ranks, proc, remote=True))
+
+    def _track(self, launch: _Launch) -> _Launch:
+        self._launches.append(launch)
+        for r in launch.ranks:
+            self._by_rank[r] = launch
+            self.procs[r] = launch.proc
+        return launch
+
+    def _on_auth(self, rank: int, ch: TcpChannel, addr: Any) -> None:
+        with self._cv:
+            if self._failed:
+                ch.close()
+                return
+            self._chans[rank] = ch
+            self._cv.notify_all()
+        log.debug("worker rank %d connected from %s", rank, addr)
+
+    def _wait_started(self, error: type[BaseException]) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        with self._cv:
+            while True:
+                waiting = [ln for ln in self._launches if any(r not in self._chans for r in ln.ranks)]
+                if not waiting:
+                    return
+                dead = [ln for ln in waiting if ln.proc.poll() is not None]
+                if dead or time.monotonic() >= deadline:
+                    self._failed = True
+                    break
+                self._cv.wait(0.05)
+        parts = []
+        for ln in dead or waiting:
+            if dead:
+                for _ in range(20):  # let its last words arrive
+                    if not ln.forwarder.is_alive():
+                        break
+                    ln.forwarder.join(0.05)
+            parts.append(self._describe_failure(ln))
+        raise error("could not start the TCP workers: " + "\n".join(parts))
+
+    def _describe_failure(self, ln: _Launch) -> str:
+        missing = [r for r in ln.ranks if r not in self._chans]
+        who = f"host {ln.host!r} (rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))})"
+        code = ln.proc.poll()
+        if code is None:
+            msg = f"{who}: the worker did not connect back within {self.start_timeout:g} s"
+        elif ln.remote and code == 255:
+            msg = f"{who}: ssh could not reach the host or log in (exit status 255)"
+        elif code == ssh.EXIT_NOCONNECT:
+            msg = f"{who}: the worker could not connect back to rank 0 (port {self.address[1]})"
+        else:
+            launcher = "ssh" if ln.remote else "the worker process"
+            msg = f"{who}: {launcher} exited with status {code} before the worker connected"
+        out = ln.last_output()
+        if out:
+            msg += "; its stderr ends with:\n    " + out.replace("\n", "\n    ")
+        return msg
+
+    # -- pool interface ------------------------------------------------------------------
+    def describe(self, rank: int) -> str:
+        ln = self._by_rank.get(rank)
+        if ln is None:
+            return f"rank {rank}"
+        how = "ssh pid" if ln.remote else "pid"
+        return f"rank {rank} on host {ln.host!r} ({how} {ln.proc.pid})"
+
+    def exit_status(self, rank: int) -> int | None:
+        ln = self._by_rank.get(rank)
+        if ln is None:
+            return None
+        try:
+            return ln.proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def join(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for ln in list(self._launches):
+            try:
+                ln.proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """Close every worker's standard input (they exit on EOF), then end what is left."""
+        with self._lock:
+            self._closed = True
+        with self._cv:
+            self._cv.notify_all()
+        for ln in list(self._launches):
+            ln.close_stdin()
+        end = time.monotonic() + 1.0
+        for ln in list(self._launches):
+            try:
+                ln.proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = [ln for ln in self._launches if ln.proc.poll() is None]
+            for ln in alive:
+                try:
+                    ln.proc.send_signal(sig)
+                except OSError:
+                    pass
+            for ln in alive:
+                try:
+                    ln.proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    pass
+        for ln in list(self._launches):
+            ln.forwarder.join(1.0)
+
+
+# -- a worker ----------------------------------------------------------------------------------
+def worker_main() -> None:
+    """Entry point of a TCP worker: read the configuration, connect, authenticate, then serve."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
+    cfg = ssh.read_config()
+    rank = int(cfg["rank"])
+
+    def watch() -> None:
+        ssh.drain_stdin()
+        worker.exit_now(0)  # whoever started us is gone
+
+    threading.Thread(target=watch, name="dtm-stdin", daemon=True).start()
+    host = cfg.get("host") or ssh.ssh_client_address()
+    port = int(cfg["port"])
+    try:
+        if not host:
+            raise OSError("no address for rank 0 (give listen_address=)")
+        tls = client_context(**cfg["tls"]) if cfg.get("tls") else None
+        ch = connect(
+            host, port, bytes.fromhex(cfg["secret"]), rank, tls=tls,
+            connect_timeout=float(cfg["connect_timeout"]),
+            handshake_timeout=float(cfg["handshake_timeout"]),
+            max_frame_bytes=int(cfg["max_frame_bytes"]),
+            retry_for=float(cfg.get("start_timeout", cfg["connect_timeout"])),  # as long as rank 0 waits
+        )
+    except Exception as e:  # noqa: BLE001 - reported on stderr, which reaches rank 0's user
+        sys.stderr.write(
+            f"dtm_executor: worker rank {rank} on {socket.gethostname()} cannot connect to rank 0 "
+            f"at {host}:{port}: {type(e).__name__}: {e}\n"
+        )
+        ssh.flush_exit(ssh.EXIT_NOCONNECT)
+    del cfg
+    try:
+        _, frames = ch.recv_blocking()
+    except (EOFError, OSError, FrameError):
+        ssh.flush_exit(0)
+    worker.serve(frames, lambda rank, size: TcpWorkerTransport(ch, rank, size),
+                 where=f"(on host {socket.gethostname()})\n")

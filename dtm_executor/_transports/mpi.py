@@ -21,6 +21,9 @@ with that status. Rank 0 calls ``MPI_Abort`` if a rank does not answer in time, 
 hanging. No collective operation is ever used (a rank that never arrives cannot block the others),
 except MPI's own initialization: in the plain style a rank whose program ends before its first
 executor therefore still joins it from an exit handler (`_at_program_end`).
+
+A transport module: imports `base`, `worker`, `_lifecycle` (to end the runs when rank 0's program
+ends), the scheduler's message kinds and the leaves; mpi4py only when a run starts.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ import time
 import traceback
 from typing import Any, Callable, NoReturn, Sequence
 
-from . import _local, _serial
-from ._log import brief_repr
-from ._scheduler import Kind, Node
-from ._transport import Buffer, Received, TransportClosed
+from .. import _lifecycle, _serial
+from .._scheduler import Kind
+from . import worker
+from .._errors import BrokenDTMExecutor
+from .._log import brief_repr
+from .base import Buffer, Received, TransportClosed, WorkerStart
 
 log = logging.getLogger("dtm_executor")
 
@@ -105,7 +110,7 @@ def under_mpi_with_peers() -> bool:
 
 
 def _import_mpi() -> Any:
-    try:
+    try:  # imported when used, never by `import dtm_executor`: importing mpi4py.MPI initializes MPI
         import mpi4py
     except ImportError as e:  # pragma: no cover - the mpi extra is missing
         raise ImportError(
@@ -485,9 +490,7 @@ class MPIPool:
     local_worker = True
     _ended = False
 
-    def __init__(
-        self, max_workers: int, opts: dict[str, Any], init_blob: bytes, options: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, max_workers: int, start: WorkerStart, options: dict[str, Any] | None = None) -> None:
         eng = _engine()
         if eng.rank != 0:
             serve_forever(eng)  # does not return
@@ -508,18 +511,20 @@ class MPIPool:
         if not _State.launcher:
             _install_excepthook()
         for r in range(1, eng.size):
-            eng.send_control(r, (_START, self.session, opts, init_blob))
+            frames = start.frames(r, eng.size, workers=self.workers, import_main=False)
+            eng.send_control(r, (_START, self.session, frames))
         _State.active = self
-        _local._configure_worker_process()  # rank 0 runs (deeply nested) tasks too
+        worker.configure_process()  # rank 0 runs (deeply nested) tasks too
         try:
-            initializer, initargs = pickle.loads(init_blob)
+            initializer, initargs = pickle.loads(start.init_blob)
             if initializer is not None:
                 initializer(*initargs)
         except BaseException as e:
             self.kill()
-            from ._executor import BrokenDTMExecutor
-
             raise BrokenDTMExecutor(f"the initializer failed on rank 0: {type(e).__name__}: {e}") from e
+
+    def describe(self, rank: int) -> str:
+        return f"worker rank {rank}"
 
     def exit_status(self, rank: int) -> int | None:
         return None  # a lost rank ends the whole MPI job; there is nothing to report
@@ -551,7 +556,7 @@ def serve_forever(eng: _Engine) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
     except ValueError:  # not the main thread
         pass
-    _local._configure_worker_process()
+    worker.configure_process()
     code = [0]
     t = threading.Thread(target=_serve_sessions, args=(eng, code), name=f"dtm-serve-{eng.rank}", daemon=True)
     t.start()
@@ -590,7 +595,7 @@ def _serve_sessions(eng: _Engine, code: list[int]) -> None:
             assert item is not None
             _, msg = item
             if msg[0] == _START:
-                _run_session(eng, msg[1], msg[2], msg[3])
+                _run_session(eng, msg[1], msg[2])
             elif msg[0] == _EXIT:
                 code[0] = int(msg[1])
                 break
@@ -605,30 +610,10 @@ def _serve_sessions(eng: _Engine, code: list[int]) -> None:
     eng.stop(5.0)
 
 
-def _run_session(eng: _Engine, session: int, opts: dict[str, Any], init_blob: bytes) -> None:
-    sess = _Session(eng, session)
-    try:
-        initializer, initargs = pickle.loads(init_blob)
-        if initializer is not None:
-            initializer(*initargs)
-    except BaseException:  # noqa: BLE001 - reported to rank 0, which marks the executor broken
-        sess.send(0, [pickle.dumps((int(Kind.INITFAIL), traceback.format_exc()), 5)])
-        while True:  # wait for the end of the session, dropping its messages
-            item = sess.recv(None)
-            if item is not None and item[1] is not None and pickle.loads(item[1][0])[0] == Kind.SHUTDOWN:
-                break
-        sess.close()
-        return
-    node = Node(sess, hub=False, worker=True, workers=list(range(eng.size)),
-                max_threads=opts.get("max_threads", 16))
-    node.max_retries = opts.get("max_retries", node.max_retries)
-    if opts.get("trace"):
-        node.trace = []
-    node.start(comm_in_thread=False)
-    node.comm_loop()  # returns at SHUTDOWN (after reporting STOPPED to rank 0)
-    node.flush_sends(2.0)
-    node.close()
-    sess.close()
+def _run_session(eng: _Engine, session: int, frames: list[bytes]) -> None:
+    """Serve one executor of rank 0 (this rank imported the main module already); returns at its
+    SHUTDOWN, or at once if the initializer failed (messages of an ended session are dropped)."""
+    worker.serve(frames, lambda rank, size: _Session(eng, session), in_process=True)
 
 
 # -- rank 0: the end of the program ------------------------------------------------------
@@ -684,15 +669,13 @@ def finish_rank0(code: int) -> None:
         return
     _State.finished = True
     eng = _ENGINE[0]
-    from . import _executor
-
     if code == 0:
-        _executor._at_exit()  # shut down live executors the normal way (they wait for their tasks)
+        _lifecycle.at_exit()  # shut down live executors the normal way (they wait for their tasks)
     # whatever is still pending can never finish once the worker ranks are gone: nothing may wait
     why = "the program on rank 0 ended" + (f" with status {code}" if code else "")
-    for ex in list(_executor._live):
-        if isinstance(getattr(ex, "_pool", None), MPIPool) and ex._node.broken is None:
-            ex._node.fail_all(_executor.BrokenDTMExecutor(why))
+    for node, pool in _lifecycle.live_runs():
+        if isinstance(pool, MPIPool) and node.broken is None:
+            _lifecycle.fail(node, BrokenDTMExecutor(why))
     for r in range(1, eng.size):
         try:
             eng.send_control(r, (_EXIT, code))
@@ -875,7 +858,7 @@ def _wait_for_rank0(eng: _Engine) -> NoReturn:
         while (item := eng.recv_control(0)) is not None:
             msg = item[1]
             if msg[0] == _START:
-                eng.send(0, [pickle.dumps((_runtime.INITFAIL, why), 5)], msg[1])
+                eng.send(0, worker.initfail(why), msg[1])
                 eng.end_session(msg[1])
             elif msg[0] == _EXIT and not code:
                 code.append(int(msg[1]))
@@ -927,18 +910,16 @@ def launch(script: Any, run_main: Any, import_main: Any = None) -> int:
         return code
     import multiprocessing.spawn as mpspawn
 
-    _local._booting[0] = True
     try:
-        if import_main is not None:
-            import_main()
-        else:
-            mpspawn.import_main_path(script)
+        with worker.importing_main():
+            if import_main is not None:
+                import_main()
+            else:
+                mpspawn.import_main_path(script)
     except BaseException:  # noqa: BLE001 - this rank cannot serve: stop the job loudly
         sys.stderr.write(f"dtm_executor: MPI rank {eng.rank} could not import {script}:\n")
         traceback.print_exc()
         eng.abort(1)
-    finally:
-        _local._booting[0] = False
     _serial.refresh_main_policy()
     serve_forever(eng)
     return 0  # pragma: no cover - serve_forever exits the process
