@@ -87,6 +87,28 @@ def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05) 
         time.sleep(interval)
 
 
+def read_line(proc: Any, unread: bytearray, timeout: float) -> str | None:
+    """The next line of ``proc``'s stdout pipe, read with ``os.read`` into ``unread`` (never
+    through the file object's buffer, which ``select`` cannot see): "" at EOF, None on timeout."""
+    import select
+
+    fd = proc.stdout.fileno()
+    end = time.monotonic() + timeout
+    while b"\n" not in unread:
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        unread += chunk
+    i = unread.find(b"\n")
+    n = len(unread) if i < 0 else i + 1
+    line = bytes(unread[:n]).decode(errors="replace")
+    del unread[:n]
+    return line
+
+
 def _describe(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -199,23 +221,20 @@ class ScriptRun:
         self.sid = self.proc.pid  # the session leader's pid is the session id
         self.stdout = ""
         self.stderr = ""
+        self._unread = bytearray()  # read from the pipe by readline, not returned yet
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def readline(self, timeout: float = 60.0) -> str:
-        """The next stdout line (fails the test if none comes in time)."""
-        import selectors
+        """The next stdout line ("" at the end; fails the test if none comes in time).
 
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        try:
-            if not sel.select(timeout):
-                pytest.fail(f"no output from the script within {timeout} s", pytrace=False)
-        finally:
-            sel.close()
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        Reads the pipe itself (``os.read``): ``select`` on a buffered file object misses lines
+        its buffer already holds (two lines in one read: the second was never seen)."""
+        line = read_line(self.proc, self._unread, timeout)
+        if line is None:
+            pytest.fail(f"no output from the script within {timeout} s", pytrace=False)
         self.stdout += line
         return line
 
@@ -227,15 +246,20 @@ class ScriptRun:
         except subprocess.TimeoutExpired:
             self.kill()
             out, err = self.proc.communicate()
-            self.stdout += out
+            self.stdout += self._take_unread() + out
             self.stderr += err
             pytest.fail(
                 f"the script did not exit within {timeout} s\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}",
                 pytrace=False,
             )
-        self.stdout += out
+        self.stdout += self._take_unread() + out
         self.stderr += err
         return self.proc.returncode
+
+    def _take_unread(self) -> str:
+        text = self._unread.decode(errors="replace")
+        self._unread.clear()
+        return text
 
     def members(self) -> list[int]:
         return session_members(self.sid)

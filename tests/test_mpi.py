@@ -72,16 +72,28 @@ class Job:
         self.out = ""
         self.err = ""
         self.elapsed = 0.0
+        self._unread = bytearray()  # read from the pipe by readline, not returned yet
 
     def readline(self, timeout: float) -> str:
-        import selectors
+        """The next stdout line, read from the pipe itself (``select`` on the buffered file
+        object would miss a second line already in its buffer)."""
+        import select
 
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-            if not sel.select(timeout):
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        end = time.monotonic() + timeout
+        while b"\n" not in self._unread:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self.kill()
                 pytest.fail(f"no output within {timeout} s from {' '.join(self.cmd)}", pytrace=False)
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._unread += chunk
+        i = self._unread.find(b"\n")
+        n = len(self._unread) if i < 0 else i + 1
+        line = bytes(self._unread[:n]).decode(errors="replace")
+        del self._unread[:n]
         self.out += line
         return line
 
@@ -91,11 +103,12 @@ class Job:
         except subprocess.TimeoutExpired:
             self.kill()
             out, err = self.proc.communicate()
-            self.out += out
+            self.out += self._unread.decode(errors="replace") + out
             self.err += err
             pytest.fail(f"{' '.join(self.cmd)} did not end within {timeout} s\nstdout:\n{self.out[-3000:]}"
                         f"\nstderr:\n{self.err[-5000:]}", pytrace=False)
-        self.out += out
+        self.out += self._unread.decode(errors="replace") + out
+        self._unread.clear()
         self.err += err
         self.elapsed = time.monotonic() - self.t0
         self.assert_no_leftovers()

@@ -21,7 +21,9 @@ import os, sys, time
 from dtm_executor import DTMExecutor
 
 def slow(t):
-    print("started", os.getpid(), flush=True)
+    # one write(): lines from the two workers share a pipe and must not interleave (print() with
+    # PYTHONUNBUFFERED writes "started", the pid and the newline separately)
+    os.write(1, f"started {os.getpid()}\\n".encode())
     time.sleep(t)
     return t
 

@@ -865,11 +865,11 @@ class Listener:
         if h.stage == 2:  # authenticated, but the reply could not be delivered
             with self._lock:
                 self._expected.add(h.rank)
+        self._refusals.add(reason, h.addr, h.host)  # counted before the peer can see the close
         try:
             h.sock.close()
         except OSError:  # pragma: no cover
             pass
-        self._refusals.add(reason, h.addr, h.host)
 
     def close(self) -> None:
         self._closed = True
