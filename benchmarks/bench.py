@@ -1023,7 +1023,7 @@ def child_env(keep_env: bool) -> dict[str, str]:
 
 def warm_bytecode(env: dict[str, str]) -> None:
     """Import what the measured processes import once, so that their ``.pyc`` files exist."""
-    mods = ["dtm_executor", "dtm_executor._local", "multiprocessing.pool", "concurrent.futures.process"]
+    mods = ["dtm_executor", "dtm_executor._transports.local", "multiprocessing.pool", "concurrent.futures.process"]
     mods += [m for m in ("loky", "numpy", "deap.algorithms") if importlib.util.find_spec(m.split(".")[0])]
     subprocess.run([sys.executable, "-c", "; ".join(f"import {m}" for m in mods)], env=env, timeout=120,
                    check=False, capture_output=True)

@@ -33,9 +33,9 @@ import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import _control, _lifecycle, _options
+from . import _control, _lifecycle, _options, _transports
 from ._control import AsyncResult
-from ._executor import DTMExecutor, _choose_transport, current_executor
+from ._executor import DTMExecutor, current_executor
 from ._futures import executing_worker
 from ._options import DTMOptionWarning
 from ._transports import worker
@@ -116,11 +116,8 @@ def _under_mpi_launcher() -> bool:
 def _pick_transport(transport: str | None) -> str:
     if transport is None or transport == "auto":
         return "auto"
-    try:
-        _choose_transport(transport)
+    if _transports.find(transport) is not None:
         return transport
-    except ValueError:
-        pass
     if transport == "mpi" and _under_mpi_launcher():
         raise RuntimeError(
             "communicationManager 'deap.dtm.mpi4py' asks for the MPI transport, which is not "

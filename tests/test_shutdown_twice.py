@@ -9,7 +9,7 @@ import os
 import pytest
 
 from dtm_executor import DTMExecutor
-from dtm_executor._transports.framing import _Waker
+from dtm_executor._transports.framing import Waker
 
 
 @pytest.mark.timeout(180)
@@ -28,7 +28,7 @@ def test_shutdown_no_wait_then_wait_returns_when_the_workers_are_gone(proctools)
 
 
 def test_waker_closes_once_and_never_writes_after_close():
-    wk = _Waker()
+    wk = Waker()
     wk.close()
     r, w = os.pipe()  # likely reuses the waker's numbers
     try:

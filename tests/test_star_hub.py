@@ -12,21 +12,21 @@ from typing import Any, Iterator
 
 import pytest
 
-from dtm_executor._transports.framing import _Channel
+from dtm_executor._transports.framing import LocalChannel
 from dtm_executor._transports.local import LocalHubTransport
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def star() -> Iterator[tuple[LocalHubTransport, list[_Channel]]]:
+def star() -> Iterator[tuple[LocalHubTransport, list[LocalChannel]]]:
     """Rank 0's end with two workers (ranks 1 and 2), whose ends the test holds."""
     hub = LocalHubTransport(2)
     workers = []
     for rank in (1, 2):
         a, b = socket.socketpair()
-        hub.add(rank, _Channel(a, pass_fds=True))
-        workers.append(_Channel(b, pass_fds=True))
+        hub.add(rank, LocalChannel(a, pass_fds=True))
+        workers.append(LocalChannel(b, pass_fds=True))
     try:
         yield hub, workers
     finally:

@@ -12,7 +12,7 @@ Star: rank 0 holds one channel per worker (`StarHub`) and forwards frames betwee
 without unpickling them (`_Forwarder`, a thread of its own, so that receiving never waits on a
 slow destination); a worker (`StarWorker`) holds one channel, to rank 0. A channel has ``sock``,
 ``send(peer, frames)``, ``pump()``, ``mid_message``, ``buffered``, ``backlog`` and ``close()``:
-`_Channel` here (blocking reads from a process we started), ``TcpChannel`` (non-blocking, TLS).
+`LocalChannel` here (blocking reads from a process we started), ``TcpChannel`` (non-blocking, TLS).
 
 Imports `base` and the leaf `_log`.
 """
@@ -180,7 +180,7 @@ def encode(peer: int, frames: Sequence[Buffer]) -> list[memoryview]:
 
 
 # -- local channels ----------------------------------------------------------------------------
-class _Channel:
+class LocalChannel:
     """A local stream socket (one end of a socket pair) carrying frame lists. Reads are blocking
     and whole (the peer is a process we started), sends serialised by a lock; large frames go in
     a memfd (one copy, not three): the sender copies once into it, the receiver maps it
@@ -291,12 +291,12 @@ def _header(peer: int, sizes: Sequence[int]) -> bytes:
 
 
 def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
-    pending = _Pending(views)
+    pending = Pending(views)
     while pending:
         pending.advance(sock.sendmsg(pending.head()))
 
 
-class _Pending:
+class Pending:
     """Views still to write with ``sendmsg``, consumed as the kernel takes bytes."""
 
     __slots__ = ("views", "i")
@@ -381,7 +381,7 @@ def _recv_into_exact(sock: socket.socket, view: memoryview) -> None:
 
 # -- the star topology ---------------------------------------------------------------------------
 class _Conn(Protocol):
-    """A channel as the star sees it (`_Channel`, ``TcpChannel``)."""
+    """A channel as the star sees it (`LocalChannel`, ``TcpChannel``)."""
 
     @property
     def sock(self) -> socket.socket: ...
@@ -425,7 +425,7 @@ class StarHub:
         self.channels: dict[int, _Conn] = {}
         self._new: collections.deque[tuple[int, _Conn]] = collections.deque()
         self._sel = selectors.DefaultSelector()
-        self._waker = _Waker()
+        self._waker = Waker()
         self._sel.register(self._waker.r, selectors.EVENT_READ, None)
         self._pending: collections.deque[Received] = collections.deque()
         self._hot: set[int] = set()
@@ -543,7 +543,7 @@ class StarWorker:
         self._rank = rank
         self._size = size
         self._log_losses = log_losses
-        self._waker = _Waker()
+        self._waker = Waker()
         self._sel = selectors.DefaultSelector()
         self._sel.register(ch.sock, selectors.EVENT_READ, 1)
         self._sel.register(self._waker.r, selectors.EVENT_READ, None)
@@ -638,7 +638,7 @@ class _Forwarder:
                 pass  # the loss of dest is reported by recv
 
 
-class _Waker:
+class Waker:
     """A self-pipe that makes a thread blocked in `select` return."""
 
     def __init__(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from . import worker
 from .base import WorkerStart
-from .framing import StarHub, StarWorker, _Channel
+from .framing import LocalChannel, StarHub, StarWorker
 
 _ENV_FD = "DTM_EXECUTOR_FD"
 _BOOT = "from dtm_executor._transports.local import worker_main; worker_main()"
@@ -37,7 +37,7 @@ class LocalHubTransport(StarHub):
 class LocalWorkerTransport(StarWorker):
     """A worker's end: everything goes through its channel to rank 0."""
 
-    def __init__(self, ch: _Channel, rank: int, size: int) -> None:
+    def __init__(self, ch: LocalChannel, rank: int, size: int) -> None:
         super().__init__(ch, rank, size, log_losses=False)
 
 
@@ -61,7 +61,7 @@ class LocalPool:
             self.kill()
             raise
 
-    def _spawn(self, rank: int, frames: list[bytes]) -> _Channel:
+    def _spawn(self, rank: int, frames: list[bytes]) -> LocalChannel:
         cmd = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _BOOT]  # type: ignore[attr-defined]
         a, b = socket.socketpair()
         env = dict(os.environ)
@@ -79,7 +79,7 @@ class LocalPool:
             finally:
                 b.close()
             self.procs[rank] = proc
-        ch = _Channel(a, pass_fds=True)
+        ch = LocalChannel(a, pass_fds=True)
         ch.send(0, frames)
         return ch
 
@@ -173,7 +173,7 @@ def worker_main() -> None:
     fd = int(os.environ.pop(_ENV_FD))
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)  # a process a task forks must not keep rank 0's connection open
-    ch = _Channel(sock, pass_fds=True)
+    ch = LocalChannel(sock, pass_fds=True)
     try:
         _, frames = ch.recv()
     except (EOFError, OSError):

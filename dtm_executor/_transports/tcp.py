@@ -60,10 +60,10 @@ from .framing import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameError,
     FrameParser,
+    Pending,
     StarHub,
     StarWorker,
-    _Pending,
-    _Waker,
+    Waker,
     encode,
 )
 
@@ -289,7 +289,7 @@ class _Conn:
             self._flush_soon()
 
     def _sendmsg(self, views: list[memoryview], deadline: float | None) -> None:
-        pending = _Pending(views)
+        pending = Pending(views)
         while pending:
             try:
                 sent = self.sock.sendmsg(pending.head())
@@ -630,7 +630,7 @@ class Listener:
         )
         self.sock.setblocking(False)
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
-        self._waker = _Waker()
+        self._waker = Waker()
         self._sel = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._loop, name="dtm-tcp-accept", daemon=True)
         self._thread.start()
