@@ -297,6 +297,9 @@ class ControlMixin(_Base):
     def _granularity(self, value: float | None) -> None:
         self.__dict__["_dtm_granularity"] = value
 
+    def _share_options(self, changes: dict[str, Any]) -> None:
+        """Send options the workers act on to every rank (the owning executor does)."""
+
     def _dtm_chunked(
         self, fn: Callable[..., Any], iterables: Sequence[Iterable[Any]], granularity: float,
         chunksize: int | None = None,
@@ -352,6 +355,7 @@ class ControlMixin(_Base):
         changes = _options.changes_for_executor(args, kwargs, self._kind, tracing, stacklevel=3)
         if "task_granularity" in changes:
             self._granularity = changes["task_granularity"]
+            self._share_options({"task_granularity": changes["task_granularity"]})
         if "print_summary" in changes:
             self._print_summary = changes["print_summary"]
         if "progress" in changes:

@@ -24,7 +24,7 @@ from ._control import AsyncResult, ControlMixin
 from ._errors import BrokenDTMExecutor
 from ._futures import executing_worker
 from ._hostfile import ENV_HOSTFILE, argv_hostfile
-from ._scheduler import Hub, Node, TaskKind
+from ._scheduler import Hub, Kind, Node, TaskKind
 from ._transports import worker
 from ._transports.base import Pool, WorkerStart
 from ._transports.mpi import under_mpi_with_peers
@@ -147,7 +147,9 @@ class DTMExecutor(ControlMixin, Executor):
         except Exception as e:
             raise pickle.PicklingError(f"cannot pickle the initializer or its arguments: {e}") from e
         # everything a worker's own node acts on (nested tasks are owned by workers)
-        opts = {"max_threads": max_threads, "trace": trace_dir is not None, "max_retries": max_retries}
+        opts = {"max_threads": max_threads, "trace": trace_dir is not None, "max_retries": max_retries,
+                "task_granularity": dtm_options.task_granularity}
+        self._opts = opts  # kept: replacements start with it, and setOptions updates it
         self._print_summary = bool(print_summary)
         self._show_progress = bool(progress)  # a bar (tqdm) or log lines per map: see _progress
         self._trace_dir = None if trace_dir is None else os.fspath(trace_dir)
@@ -161,6 +163,7 @@ class DTMExecutor(ControlMixin, Executor):
         self._hub: Hub = node.hub
         node.on_lost = functools.partial(_on_worker_lost, node, self._pool)  # no ref to self
         node.max_retries = max_retries
+        node.task_granularity = dtm_options.task_granularity
         node.on_start_failed = getattr(self._pool, "stop_replacing", None)
         if trace_dir is not None:
             node.trace = []
@@ -169,6 +172,14 @@ class DTMExecutor(ControlMixin, Executor):
         # Dropped without shutdown: finish the submitted work, then stop (as the stdlib does).
         self._finalizer = weakref.finalize(self, _lifecycle.drain_in_background, node, self._pool)
         self._finalizer.atexit = False  # _lifecycle.at_exit drains every active pool itself
+
+    def _share_options(self, changes: dict[str, Any]) -> None:
+        """Options that workers act on (maps inside tasks) reach every rank, and replacements."""
+        self._opts.update(changes)
+        self._node.task_granularity = self._opts.get("task_granularity")
+        for w in list(self._node.workers):
+            if w != self._node.rank:
+                self._node.send(w, (int(Kind.OPTIONS), dict(changes)))
 
     # -- Executor interface --------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -326,6 +337,17 @@ class _NestedExecutor(DTMExecutor):
 
     def _nworkers(self) -> int:
         return max(1, len(self._node.workers))
+
+    @property
+    def _granularity(self) -> float:  # type: ignore[override]
+        """The owner's ``task_granularity`` (sent to every rank), else this process's
+        ``dtm.setOptions``."""
+        g = self._node.task_granularity
+        return g if g is not None else _options.global_granularity()
+
+    @_granularity.setter
+    def _granularity(self, value: float | None) -> None:
+        raise RuntimeError("a task cannot change task_granularity")
 
     def _check_open(self) -> None:
         return None  # the run is open while its tasks run

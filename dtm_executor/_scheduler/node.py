@@ -84,6 +84,8 @@ class Node:
         self.broken: BaseException | None = None
         self.on_lost: Callable[[int], None] | None = None
         self.max_retries = 3
+        #: rank 0's ``task_granularity`` (None: not set there), for maps inside tasks
+        self.task_granularity: float | None = None
         self.dead: set[int] = set()
         self._who: dict[int, str] = {}  # dead rank -> how it was described when it died
         self.describe_rank: Callable[[int], str] = lambda r: f"rank {r}"
@@ -266,6 +268,7 @@ class Node:
             Kind.SHUTDOWN: self._got_shutdown, Kind.STOPPED: self._got_stopped, Kind.LOST: self._got_lost,
             Kind.MOVED: self._got_moved, Kind.START: self._got_start, Kind.ACK: self._got_ack,
             Kind.JOIN: self._got_join, Kind.INITFAIL: self._got_initfail,
+            Kind.OPTIONS: self._got_options,
         }
 
     def _got_tasks(self, src: int, msg: Any, frames: list[Any]) -> None:
@@ -315,6 +318,9 @@ class Node:
     def _got_ack(self, src: int, msg: Any, frames: list[Any]) -> None:
         if self.worker is not None:
             self.worker.on_ack(src, msg[1])
+
+    def _got_options(self, src: int, msg: Any, frames: list[Any]) -> None:
+        self.task_granularity = msg[1].get("task_granularity", self.task_granularity)
 
     def _got_join(self, src: int, msg: Any, frames: list[Any]) -> None:
         if msg[1] not in self.workers and msg[1] not in self.dead:

@@ -33,6 +33,7 @@ class Kind(IntEnum):
     START = 12  #: (tid, attempt): a task that has outlived a worker is about to run here
     ACK = 13  #: (tid,): the owner of a starting task knows where it runs
     JOIN = 14  #: (rank,): a replacement worker joined the run
+    OPTIONS = 15  #: (options,): rank 0's run options changed (``task_granularity``)
 
 
 class TaskState(IntEnum):

@@ -497,6 +497,9 @@ class Worker:
         if not set_running(task.future):  # a local child, cancelled: its waiters are told; skip it
             return
         if task.suspect and task.owner != self.rank:
+            # results held for batching go first (START follows them on the same connection):
+            # if this task kills the worker, tasks that had finished here are not counted lost
+            self.flush_results()
             self._announce(task)
         stack = tls.tasks
         stack.append(task)

@@ -69,6 +69,7 @@ def make_node(transport: Transport, options: dict[str, Any], workers: Iterable[i
     node = Node(transport, hub=False, worker=True, workers=list(workers),
                          max_threads=options.get("max_threads", 16))
     node.max_retries = options.get("max_retries", node.max_retries)
+    node.task_granularity = options.get("task_granularity")
     if options.get("trace"):
         node.trace = []
     return node
