@@ -282,7 +282,7 @@ class DTMExecutor(ControlMixin, Executor):
     def _wait_and_close(self) -> None:
         _lifecycle.drain(self._node)
         want_reports = self._print_summary or self._trace_dir is not None
-        reports = _lifecycle.teardown(self._node, self._pool, report_timeout=5.0 if want_reports else 0.0)
+        reports = _lifecycle.teardown(self._node, self._pool, report_timeout=30.0 if want_reports else 0.0)
         if reports is not None and want_reports:
             self._emit_reports(reports)
 
