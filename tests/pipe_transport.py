@@ -84,6 +84,8 @@ class PipeEnd:
         except (EOFError, OSError):
             self._conns.pop(peer, None)
             self._inbox.put((peer, None))
+        finally:
+            conn.close()  # here, never under a read in progress
 
     def recv(self, timeout: float | None = None) -> Any:
         try:
@@ -96,8 +98,12 @@ class PipeEnd:
         self._inbox.put(_WAKE)
 
     def close(self) -> None:
-        for conn in list(self._conns.values()):
-            conn.close()
+        for conn in list(self._conns.values()):  # the readers see the end, and close them
+            try:
+                with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 # -- step 2: the pool (what the factory returns) ---------------------------------------------------
